@@ -1,0 +1,35 @@
+"""polyglot-adapters: composable adapters for frozen multilingual, speech and code models."""
+
+from __future__ import annotations
+
+from .composition import Average, Gate, Parallel, Route, Stack
+from .config import AdapterConfig, config_from_dict
+from .errors import PolyglotAdaptersError
+from .interfaces import PRESETS, HostInterface, Sublayer
+from .methods.bottleneck import BottleneckConfig
+from .methods.lora import LoraConfig
+from .model import AdaptedModel
+from .registry import get_method, register_method, registered_methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "AdaptedModel",
+    "AdapterConfig",
+    "Average",
+    "BottleneckConfig",
+    "Gate",
+    "HostInterface",
+    "LoraConfig",
+    "Parallel",
+    "PolyglotAdaptersError",
+    "Route",
+    "Stack",
+    "Sublayer",
+    "__version__",
+    "config_from_dict",
+    "get_method",
+    "register_method",
+    "registered_methods",
+]

@@ -1,0 +1,172 @@
+"""Adapter directories: ``adapter.json`` + ``adapter.safetensors``, written atomically, never pickled.
+
+``adapter.json`` holds the schema name and version, the adapter's name and method, its config,
+the base-model fingerprint and the SHA-256 of the tensor file, so a truncated or altered tensor
+file is caught before it is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from .errors import BaseModelMismatchError, CorruptArtifactError, MissingArtifactError, SchemaVersionError
+from .interfaces import HostInterface
+
+__all__ = [
+    "CONFIG_NAME",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "WEIGHTS_NAME",
+    "atomic_write_bytes",
+    "check_fingerprint",
+    "fingerprint",
+    "read_adapter",
+    "read_meta",
+    "write_adapter",
+]
+
+SCHEMA = "polyglot-adapters/adapter"
+SCHEMA_VERSION = 1
+CONFIG_NAME = "adapter.json"
+WEIGHTS_NAME = "adapter.safetensors"
+_REQUIRED = {"schema": str, "schema_version": int, "name": str, "method": str, "config": dict, "base": dict, "tensors_sha256": str}
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same directory, fsync and rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def fingerprint(host: nn.Module, interface: HostInterface) -> dict[str, Any]:
+    """Identifies a base model by type, sizes and the names and shapes of its backbone parameters.
+
+    Only the embeddings and the blocks count, relative to the backbone root, so a backbone and
+    a task model built on it (``BertModel`` and ``BertForMaskedLM``) share a fingerprint.
+    Call it on the unwrapped host.
+    """
+    root, blocks = interface.find_blocks(host)
+    block_parent = blocks[0][0][len(root) :].rsplit(".", 1)[0] + "."
+    prefixes = tuple(p for p in (block_parent, f"{interface.embeddings}." if interface.embeddings else None) if p)
+    digest = hashlib.sha256()
+    for name, param in sorted(host.named_parameters()):
+        key = name[len(root) :] if name.startswith(root) else None
+        if key is not None and key.startswith(prefixes):
+            digest.update(f"{key}:{tuple(param.shape)}\n".encode())
+    config = getattr(host, "config", None)
+    return {
+        "interface": interface.name,
+        "model_type": getattr(config, "model_type", type(host).__name__),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "num_layers": len(blocks),
+        "params_sha256": digest.hexdigest(),
+    }
+
+
+def check_fingerprint(saved: dict[str, Any], actual: dict[str, Any], source: Path) -> None:
+    """Raises :class:`BaseModelMismatchError` naming the first differing field."""
+    for field in ("model_type", "hidden_size", "num_layers", "params_sha256"):
+        if saved.get(field) != actual.get(field):
+            raise BaseModelMismatchError(
+                f"{source}: adapter was trained for a base with {field}={saved.get(field)!r}, this model has "
+                f"{actual.get(field)!r}; load it into the matching base model (or pass check_base=False)"
+            )
+
+
+def write_adapter(directory: str | os.PathLike[str], meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Writes an adapter directory; the tensor file first, then the JSON that vouches for it.
+
+    Args:
+        directory: Target directory (created if missing); other files in it are left alone.
+        meta: ``name``, ``method``, ``config``, ``base`` and any extra JSON-ready fields.
+        tensors: Flat name -> tensor map.
+
+    Returns:
+        The directory path.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+    atomic_write_bytes(directory / WEIGHTS_NAME, blob)
+    doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **meta, "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    return directory
+
+
+def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads and validates ``adapter.json`` (schema, version, required keys and their types).
+
+    Raises:
+        MissingArtifactError: If the directory or the file is missing.
+        SchemaVersionError: If the schema is unknown or newer than this library's.
+        CorruptArtifactError: If the JSON is malformed or a key is missing or mistyped.
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise MissingArtifactError(f"{directory}: not a directory; expected a saved adapter with {CONFIG_NAME}")
+    if not path.is_file():
+        raise MissingArtifactError(f"{path}: missing; is {directory} an adapter saved by polyglot-adapters?")
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptArtifactError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(doc, dict):
+        raise CorruptArtifactError(f"{path}: expected a JSON object")
+    if doc.get("schema") != SCHEMA:
+        raise SchemaVersionError(f"{path}: schema {doc.get('schema')!r} is not {SCHEMA!r}; convert the file first")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path}: schema_version {version!r} is not supported (this library reads 1..{SCHEMA_VERSION}); upgrade it"
+        )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(doc.get(key), kind) or isinstance(doc.get(key), bool):
+            raise CorruptArtifactError(f"{path}: key {key!r} is missing or not a {kind.__name__}")
+    return doc
+
+
+def read_adapter(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Reads an adapter directory written by :func:`write_adapter`.
+
+    Returns:
+        The validated metadata and the tensors (on CPU).
+
+    Raises:
+        ArtifactError: A subclass naming the file and the problem.
+    """
+    meta = read_meta(directory)
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise MissingArtifactError(f"{path}: missing; the adapter directory is incomplete")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
+        raise CorruptArtifactError(f"{path}: checksum does not match {CONFIG_NAME} (truncated or altered file)")
+    try:
+        tensors = st_load(blob)
+    except Exception as err:  # safetensors raises several types for malformed headers
+        raise CorruptArtifactError(f"{path}: not a valid safetensors file ({err})") from None
+    return meta, tensors

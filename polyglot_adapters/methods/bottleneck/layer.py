@@ -1,0 +1,153 @@
+"""Bottleneck and invertible-coupling layers and their placement."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...config import check
+from ...errors import CompositionError
+from ...interfaces import HostInterface
+from ...sites import AdapterLayer, Site, base_linears, unwrap
+from ..targets import selected_blocks
+from .config import BottleneckConfig
+
+__all__ = ["BottleneckLayer", "InverseCoupling", "InvertibleCoupling", "build_layer", "find_sites"]
+
+_ACT = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+
+
+def _bottleneck_params(module: nn.Module, prefix: str, in_features: int, hidden: int, out_features: int) -> None:
+    """Registers ``{prefix}_down``/``_up`` weights and biases; up is zero so the branch starts at 0."""
+    down = nn.Parameter(torch.empty(hidden, in_features))
+    nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+    module.register_parameter(f"{prefix}_down", down)
+    module.register_parameter(f"{prefix}_down_bias", nn.Parameter(torch.zeros(hidden)))
+    module.register_parameter(f"{prefix}_up", nn.Parameter(torch.zeros(out_features, hidden)))
+    module.register_parameter(f"{prefix}_up_bias", nn.Parameter(torch.zeros(out_features)))
+
+
+def _branch(module: nn.Module, prefix: str, h: torch.Tensor, act: str) -> torch.Tensor:
+    down = F.linear(h, getattr(module, f"{prefix}_down"), getattr(module, f"{prefix}_down_bias"))
+    return F.linear(_ACT[act](down), getattr(module, f"{prefix}_up"), getattr(module, f"{prefix}_up_bias"))
+
+
+class BottleneckLayer(AdapterLayer):
+    """``h + s * up(act(down(src)))`` where ``src`` is the sub-layer output (series) or input (parallel)."""
+
+    def __init__(self, features: int, bottleneck: int, act: str, scaling: float, parallel: bool) -> None:
+        super().__init__()
+        _bottleneck_params(self, "bn", features, bottleneck, features)
+        self.act = act
+        self.scaling = scaling
+        self.parallel = parallel
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None) -> torch.Tensor:
+        """Adapts the sub-layer output ``y`` ``(..., hidden)``; ``tap`` is the sub-layer input (parallel)."""
+        if self.parallel:
+            if tap is None:
+                raise CompositionError("parallel bottleneck adapter got no sub-layer input; was the host wrapped?")
+            return y + self.scaling * _branch(self, "bn", tap, self.act)
+        return y + self.scaling * _branch(self, "bn", y, self.act)
+
+
+class InvertibleCoupling(AdapterLayer):
+    """Additive coupling (NICE) on embeddings: ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``; exactly invertible."""
+
+    def __init__(self, features: int, reduction: float, act: str) -> None:
+        super().__init__()
+        self.split = features // 2
+        half_a, half_b = self.split, features - self.split
+        # F maps the second half to the first; G maps the first half to the second.
+        _bottleneck_params(self, "bn_inv_f", half_b, max(1, int(half_b / reduction)), half_a)
+        _bottleneck_params(self, "bn_inv_g", half_a, max(1, int(half_a / reduction)), half_b)
+        self.act = act
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None) -> torch.Tensor:
+        """Couples the embedding output ``y`` ``(..., hidden)``."""
+        y1, y2 = y[..., : self.split], y[..., self.split :]
+        y1 = y1 + _branch(self, "bn_inv_f", y2, self.act)
+        y2 = y2 + _branch(self, "bn_inv_g", y1, self.act)
+        return torch.cat([y1, y2], dim=-1)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Undoes :meth:`forward` on ``(..., hidden)``."""
+        y1, y2 = y[..., : self.split], y[..., self.split :]
+        x2 = y2 - _branch(self, "bn_inv_g", y1, self.act)
+        x1 = y1 - _branch(self, "bn_inv_f", x2, self.act)
+        return torch.cat([x1, x2], dim=-1)
+
+
+class InverseCoupling(AdapterLayer):
+    """The inverse of an :class:`InvertibleCoupling` owned by another site (no parameters of its own)."""
+
+    def __init__(self, coupling: InvertibleCoupling) -> None:
+        super().__init__()
+        self.__dict__["coupling"] = coupling  # not a submodule: the embedding site owns it
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None) -> torch.Tensor:
+        """Applies the inverse coupling to the head's input ``y`` ``(..., hidden)``."""
+        return self.coupling.inverse(y)
+
+
+def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterface) -> list[Site]:
+    """Sub-layer sites in each selected block, plus embedding and head sites if ``invertible``."""
+    root, blocks = selected_blocks(host, interface, config.layers)
+    linears = base_linears(host)
+    sites = []
+    for position in config.positions:
+        check(
+            position in interface.sublayers,
+            f"position {position!r} is not a sub-layer of {interface.name!r}: {sorted(interface.sublayers)}",
+        )
+        sub = interface.sublayers[position]
+        for _, block in blocks:
+            out_path, in_path = f"{block}.{sub.output}", f"{block}.{sub.input}"
+            check(out_path in linears and in_path in linears, f"{out_path} or {in_path} is not a linear layer")
+            hidden = linears[out_path].out_features
+            sites.append(
+                Site(
+                    path=out_path,
+                    key=out_path[len(root) :],
+                    role="sublayer",
+                    in_features=hidden,
+                    out_features=hidden,
+                    tap=in_path if config.placement == "parallel" else None,
+                )
+            )
+    if config.invertible:
+        check(interface.embeddings is not None, f"interface {interface.name!r} has no embeddings for an invertible adapter")
+        emb_path = f"{root}{interface.embeddings}"
+        hidden = sites[0].out_features
+        sites.append(Site(path=emb_path, key=interface.embeddings, role="embeddings", in_features=hidden, out_features=hidden))
+        if interface.head is not None:
+            try:
+                unwrap(host.get_submodule(interface.head))
+            except AttributeError:
+                pass  # a backbone without a head: nothing to invert
+            else:
+                sites.append(
+                    Site(
+                        path=interface.head,
+                        key=interface.head,
+                        role="head",
+                        in_features=hidden,
+                        out_features=hidden,
+                        peer=emb_path,
+                    )
+                )
+    return sites
+
+
+def build_layer(config: BottleneckConfig, site: Site, peer: AdapterLayer | None) -> AdapterLayer:
+    """Builds the layer for one site: bottleneck, coupling, or the coupling's inverse."""
+    if site.role == "embeddings":
+        return InvertibleCoupling(site.out_features, config.invertible_reduction, config.non_linearity)
+    if site.role == "head":
+        assert isinstance(peer, InvertibleCoupling), "the head site is built after its embedding site"
+        return InverseCoupling(peer)
+    bottleneck = max(1, int(site.out_features / config.reduction_factor))
+    return BottleneckLayer(site.out_features, bottleneck, config.non_linearity, config.scaling, config.placement == "parallel")
