@@ -1,0 +1,69 @@
+"""``polyglot-adapters``: thin commands over the library; errors become one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import PolyglotAdaptersError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="polyglot-adapters")
+def cli() -> None:
+    """Composable adapters for frozen multilingual, speech and code models."""
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def info(directory: Path, as_json: bool) -> None:
+    """Describe a saved adapter: method, config, sizes, parameter count, base fingerprint."""
+    from ..summary import describe_adapter
+
+    summary = describe_adapter(directory)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to save the demo adapters.")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=60, show_default=True, help="Training steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out: Path | None, steps: int, seed: int) -> None:
+    """Smoke example: add adapters to a tiny BERT, train, save, reload, compare outputs."""
+    from ..demo import run_demo
+
+    run_demo(out=out, steps=steps, seed=seed, echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns library errors into a one-line message and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="polyglot-adapters", standalone_mode=False)
+    except PolyglotAdaptersError as err:
+        click.echo(f"error: {err}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny transformers hosts built in-process (no download)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    XLMRobertaConfig,
+    XLMRobertaForMaskedLM,
+)
+
+torch.set_num_threads(1)
+
+TINY = dict(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=40,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    initializer_range=0.2,
+)
+
+HOSTS = {
+    "bert-mlm": lambda: BertForMaskedLM(BertConfig(**TINY)),
+    "bert": lambda: BertModel(BertConfig(**TINY)),
+    "xlm-roberta": lambda: XLMRobertaForMaskedLM(XLMRobertaConfig(**TINY, pad_token_id=1)),
+    "roberta": lambda: RobertaForMaskedLM(RobertaConfig(**TINY, pad_token_id=1)),
+}
+
+
+def make_host(kind: str = "bert-mlm", seed: int = 0) -> torch.nn.Module:
+    """A tiny host in eval mode, deterministic for a seed."""
+    torch.manual_seed(seed)
+    return HOSTS[kind]().eval()
+
+
+def host_output(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The host's main output tensor (logits for MLM models, last hidden state otherwise)."""
+    out = model(input_ids=ids)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.fixture
+def host() -> torch.nn.Module:
+    return make_host()
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return torch.randint(3, TINY["vocab_size"], (4, 9), generator=torch.Generator().manual_seed(1))
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> None:
+    """Gives every trainable parameter random values (fresh adapters are the identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
