@@ -169,14 +169,18 @@ def validate(node: Composition) -> None:
             raise CompositionError("adapter names in a composition must be non-empty strings")
         return
     if type(node) not in ALLOWED_CHILDREN:
-        raise CompositionError(f"{node!r} is not a composition block (use a name, Stack, Parallel, Average, Gate, Route)")
+        raise CompositionError(
+            f"{node!r} is not a composition block (use a name, Stack, Parallel, Average, Gate, Route)"
+        )
     if not node.children:
         raise CompositionError(f"{type(node).__name__} needs at least one child")
     allowed = ALLOWED_CHILDREN[type(node)]
     for child in node.children:
         if not isinstance(child, allowed):
             names = ", ".join(t.__name__ if t is not str else "adapter name" for t in allowed)
-            raise CompositionError(f"{type(child).__name__} cannot be nested in {type(node).__name__}; allowed: {names}")
+            raise CompositionError(
+                f"{type(child).__name__} cannot be nested in {type(node).__name__}; allowed: {names}"
+            )
         validate(child)
     if isinstance(node, Stack | Parallel | Average | Gate):
         leaves = [c for c in node.children if isinstance(c, str)]

@@ -70,7 +70,10 @@ def run_demo(*, out: Path | None = None, steps: int = 60, seed: int = 0, echo: C
     am.set_active(Stack("lang", "task"))
     trainable = am.train_adapters("lang", "task")
     n_train = sum(am.trainable_parameters()[n].numel() for n in trainable)
-    echo(f"smoke example: tiny random BERT ({am.num_parameters():,} parameters), adapters lang+task ({n_train:,} trainable)")
+    echo(
+        f"smoke example: tiny random BERT ({am.num_parameters():,} parameters), "
+        f"adapters lang+task ({n_train:,} trainable)"
+    )
 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(am.trainable_parameters().values(), lr=1e-2)

@@ -34,7 +34,7 @@ class Sublayer:
 
 @dataclasses.dataclass(frozen=True)
 class HostInterface:
-    """Where adapters attach in one host architecture.
+    r"""Where adapters attach in one host architecture.
 
     Attributes:
         name: Preset name.
@@ -73,7 +73,9 @@ class HostInterface:
             if match:
                 found.append((match.group("root"), path, module))
         if not found:
-            raise InterfaceError(f"interface {self.name!r}: no module of the host matches the block pattern {self.blocks!r}")
+            raise InterfaceError(
+                f"interface {self.name!r}: no module of the host matches the block pattern {self.blocks!r}"
+            )
         roots = {root for root, _, _ in found}
         if len(roots) != 1:
             raise InterfaceError(f"interface {self.name!r}: blocks found under several roots {sorted(roots)}")

@@ -39,7 +39,15 @@ SCHEMA = "polyglot-adapters/adapter"
 SCHEMA_VERSION = 1
 CONFIG_NAME = "adapter.json"
 WEIGHTS_NAME = "adapter.safetensors"
-_REQUIRED = {"schema": str, "schema_version": int, "name": str, "method": str, "config": dict, "base": dict, "tensors_sha256": str}
+_REQUIRED = {
+    "schema": str,
+    "schema_version": int,
+    "name": str,
+    "method": str,
+    "config": dict,
+    "base": dict,
+    "tensors_sha256": str,
+}
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -112,7 +120,12 @@ def write_adapter(directory: str | os.PathLike[str], meta: dict[str, Any], tenso
     directory.mkdir(parents=True, exist_ok=True)
     blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
     atomic_write_bytes(directory / WEIGHTS_NAME, blob)
-    doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **meta, "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    doc = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        **meta,
+        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+    }
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return directory
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import methods  # noqa: F401  (registers every method)
-from .composition import Composition, Gate, Parallel, Route, adapter_names, validate
+from .composition import Composition, Gate, Parallel, adapter_names, validate
 from .config import AdapterConfig, config_from_dict
 from .errors import (
     AdapterNotFoundError,
@@ -74,7 +74,9 @@ class AdaptedModel(nn.Module):
         if not isinstance(name, str) or not name or "." in name:
             raise ConfigError(f"adapter names must be non-empty strings without '.', got {name!r}")
         if name in self._configs or name in self._gates:
-            raise ConfigError(f"an adapter or gate named {name!r} already exists; delete it first or pick another name")
+            raise ConfigError(
+                f"an adapter or gate named {name!r} already exists; delete it first or pick another name"
+            )
         if not isinstance(config, AdapterConfig):
             raise ConfigError(f"expected an AdapterConfig, got {type(config).__name__}")
         spec = get_method(config.method)
@@ -204,7 +206,9 @@ class AdaptedModel(nn.Module):
             if name not in self._configs and name not in self._gates:
                 raise AdapterNotFoundError(f"no adapter or gate named {name!r}; attached: {sorted(self._configs)}")
             if name in self._state.merged:
-                raise NotMergeableError(f"adapter {name!r} is merged into the base weights; unmerge it before training")
+                raise NotMergeableError(
+                    f"adapter {name!r} is merged into the base weights; unmerge it before training"
+                )
         for param in self.model.parameters():
             param.requires_grad_(False)
         for wrapper in self._sites.values():
@@ -237,7 +241,9 @@ class AdaptedModel(nn.Module):
     def num_parameters(self, name: str | None = None) -> int:
         """Number of parameters of one adapter or gate, or of the host when ``name`` is ``None``."""
         if name is None:
-            return sum(p.numel() for n, p in self.model.named_parameters() if ".adapters." not in n and ".gates." not in n)
+            return sum(
+                p.numel() for n, p in self.model.named_parameters() if ".adapters." not in n and ".gates." not in n
+            )
         return sum(t.numel() for t in self.adapter_state_dict(name).values())
 
     # ----------------------------------------------------------------- merging
@@ -256,8 +262,8 @@ class AdaptedModel(nn.Module):
         for wrapper in holders:
             if not isinstance(wrapper, AdaptedLinear) or wrapper.adapters[name].delta_weight() is None:
                 raise NotMergeableError(
-                    f"adapter {name!r} ({self._configs[name].method}) is not linear at {wrapper.site.path} and cannot be "
-                    "merged; keep it unmerged"
+                    f"adapter {name!r} ({self._configs[name].method}) is not linear at {wrapper.site.path} "
+                    "and cannot be merged; keep it unmerged"
                 )
         for wrapper in holders:
             self._merged.setdefault(wrapper.site.path, []).append(name)
@@ -347,7 +353,9 @@ class AdaptedModel(nn.Module):
         except ConfigError as err:
             raise type(err)(f"{directory / 'adapter.json'}: {err}") from None
         if config.method != meta["method"]:
-            raise CorruptArtifactError(f"{directory}: method {meta['method']!r} disagrees with config {config.method!r}")
+            raise CorruptArtifactError(
+                f"{directory}: method {meta['method']!r} disagrees with config {config.method!r}"
+            )
         if check_base:
             check_fingerprint(meta["base"], self.base_fingerprint, directory)
         name = meta["name"] if name is None else name
@@ -371,7 +379,8 @@ class AdaptedModel(nn.Module):
             value = tensors[key]
             if value.shape != param.shape or value.dtype != param.dtype:
                 raise CorruptArtifactError(
-                    f"{source}: tensor {key} is {tuple(value.shape)} {value.dtype}, expected {tuple(param.shape)} {param.dtype}"
+                    f"{source}: tensor {key} is {tuple(value.shape)} {value.dtype}, "
+                    f"expected {tuple(param.shape)} {param.dtype}"
                 )
         for key, param in params.items():
             param.copy_(tensors[key])

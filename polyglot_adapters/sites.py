@@ -203,10 +203,14 @@ class _SiteMixin:
             return self._route(node, x, y, tap, dim)
         raise CompositionError(f"cannot evaluate composition node {node!r}")
 
-    def _route(self, node: Route, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None, dim: int) -> torch.Tensor:
+    def _route(
+        self, node: Route, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None, dim: int
+    ) -> torch.Tensor:
         rows = y.shape[dim]
         if rows != node.ids.numel():
-            raise CompositionError(f"Route has {node.ids.numel()} ids but the batch has {rows} rows at {self.site.path}")
+            raise CompositionError(
+                f"Route has {node.ids.numel()} ids but the batch has {rows} rows at {self.site.path}"
+            )
         if len(node.groups) == 1:
             return self._eval(node.mapping[node.groups[0][0]], x, y, tap)
         order = node.order.to(y.device)

@@ -64,7 +64,9 @@ def linear_sites(
             try:
                 pattern = re.compile(target)
             except re.error as err:
-                raise ConfigError(f"target {target!r} is neither a short name {sorted(interface.linears)} nor a regex: {err}")
+                raise ConfigError(
+                    f"target {target!r} is neither a short name {sorted(interface.linears)} nor a regex: {err}"
+                ) from None
             found = [p for p in linears if p.startswith(root) and pattern.fullmatch(p[len(root) :])]
             if not found:
                 raise ConfigError(

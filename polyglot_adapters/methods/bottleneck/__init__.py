@@ -9,5 +9,7 @@ from .layer import BottleneckLayer, InverseCoupling, InvertibleCoupling, build_l
 __all__ = ["BottleneckConfig", "BottleneckLayer", "InverseCoupling", "InvertibleCoupling"]
 
 register_method(
-    MethodSpec(name="bottleneck", config_cls=BottleneckConfig, prefix="bn_", find_sites=find_sites, build_layer=build_layer)
+    MethodSpec(
+        name="bottleneck", config_cls=BottleneckConfig, prefix="bn_", find_sites=find_sites, build_layer=build_layer
+    )
 )

@@ -42,9 +42,14 @@ class BottleneckConfig(AdapterConfig):
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        check(self.placement in ("series", "parallel"), f"placement must be 'series' or 'parallel', got {self.placement!r}")
         check(
-            isinstance(self.positions, tuple) and len(self.positions) > 0 and len(set(self.positions)) == len(self.positions),
+            self.placement in ("series", "parallel"),
+            f"placement must be 'series' or 'parallel', got {self.placement!r}",
+        )
+        check(
+            isinstance(self.positions, tuple)
+            and len(self.positions) > 0
+            and len(set(self.positions)) == len(self.positions),
             f"positions must be a non-empty tuple without repeats, got {self.positions!r}",
         )
         check(all(isinstance(p, str) for p in self.positions), f"positions must be strings, got {self.positions!r}")
@@ -54,7 +59,10 @@ class BottleneckConfig(AdapterConfig):
                 isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
                 f"{name} must be a positive number, got {value!r}",
             )
-        check(self.non_linearity in ACTIVATIONS, f"non_linearity must be one of {ACTIVATIONS}, got {self.non_linearity!r}")
+        check(
+            self.non_linearity in ACTIVATIONS,
+            f"non_linearity must be one of {ACTIVATIONS}, got {self.non_linearity!r}",
+        )
         check(
             isinstance(self.scaling, int | float) and not isinstance(self.scaling, bool),
             f"scaling must be a number, got {self.scaling!r}",
@@ -62,7 +70,10 @@ class BottleneckConfig(AdapterConfig):
         check(isinstance(self.invertible, bool), f"invertible must be true or false, got {self.invertible!r}")
         check(
             self.layers is None
-            or (isinstance(self.layers, tuple) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)),
+            or (
+                isinstance(self.layers, tuple)
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
+            ),
             f"layers must be None or a tuple of block indices, got {self.layers!r}",
         )
 

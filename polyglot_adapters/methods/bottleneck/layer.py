@@ -119,10 +119,15 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
                 )
             )
     if config.invertible:
-        check(interface.embeddings is not None, f"interface {interface.name!r} has no embeddings for an invertible adapter")
+        check(
+            interface.embeddings is not None,
+            f"interface {interface.name!r} has no embeddings for an invertible adapter",
+        )
         emb_path = f"{root}{interface.embeddings}"
         hidden = sites[0].out_features
-        sites.append(Site(path=emb_path, key=interface.embeddings, role="embeddings", in_features=hidden, out_features=hidden))
+        sites.append(
+            Site(path=emb_path, key=interface.embeddings, role="embeddings", in_features=hidden, out_features=hidden)
+        )
         if interface.head is not None:
             try:
                 unwrap(host.get_submodule(interface.head))
@@ -150,4 +155,6 @@ def build_layer(config: BottleneckConfig, site: Site, peer: AdapterLayer | None)
         assert isinstance(peer, InvertibleCoupling), "the head site is built after its embedding site"
         return InverseCoupling(peer)
     bottleneck = max(1, int(site.out_features / config.reduction_factor))
-    return BottleneckLayer(site.out_features, bottleneck, config.non_linearity, config.scaling, config.placement == "parallel")
+    return BottleneckLayer(
+        site.out_features, bottleneck, config.non_linearity, config.scaling, config.placement == "parallel"
+    )

@@ -10,6 +10,11 @@ __all__ = ["LoraConfig", "LoraLayer"]
 
 register_method(
     MethodSpec(
-        name="lora", config_cls=LoraConfig, prefix="lora_", find_sites=find_sites, build_layer=build_layer, mergeable=True
+        name="lora",
+        config_cls=LoraConfig,
+        prefix="lora_",
+        find_sites=find_sites,
+        build_layer=build_layer,
+        mergeable=True,
     )
 )
