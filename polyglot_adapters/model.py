@@ -87,11 +87,8 @@ class AdaptedModel(nn.Module):
         for site in sites:
             wrapper = self._wrap(site)
             peer = built.get(site.peer) if site.peer else None
-            base = unwrap(wrapper)
-            ref = next(base.parameters(), None)
             layer = spec.build_layer(config, site, peer)
-            if ref is not None:
-                layer.to(device=ref.device, dtype=ref.dtype if ref.dtype.is_floating_point else None)
+            _follow(layer, unwrap(wrapper))
             wrapper.add_layer(name, layer, register=peer is None)
             built[site.path] = layer
             if site.tap is not None:
@@ -172,10 +169,8 @@ class AdaptedModel(nn.Module):
             raise CompositionError(f"gate {gate.name!r} already mixes {self._gates[gate.name]} branches, not {k}")
         for wrapper in self._sites.values():
             if gate.name not in wrapper.gates and wrapper.has_any(gate):
-                ref = unwrap(wrapper).weight if isinstance(wrapper, AdaptedLinear) else None
                 layer = GateLayer(wrapper.site.out_features, k)
-                if ref is not None:
-                    layer.to(device=ref.device, dtype=ref.dtype)
+                _follow(layer, unwrap(wrapper))
                 wrapper.gates[gate.name] = layer
         self._gates[gate.name] = k
 
@@ -291,9 +286,11 @@ class AdaptedModel(nn.Module):
         if not names:
             weight.copy_(self._originals.pop(path))
             return
-        merged = self._originals[path].to(torch.float32)
+        # Low-precision weights are summed in float32, then rounded once.
+        compute = torch.promote_types(weight.dtype, torch.float32)
+        merged = self._originals[path].to(compute)
         for name in names:
-            merged = merged + wrapper.adapters[name].delta_weight().to(torch.float32)
+            merged = merged + wrapper.adapters[name].delta_weight().to(compute)
         weight.copy_(merged.to(weight.dtype))
 
     def unload(self) -> nn.Module:
@@ -384,6 +381,13 @@ class AdaptedModel(nn.Module):
                 )
         for key, param in params.items():
             param.copy_(tensors[key])
+
+
+def _follow(layer: nn.Module, base: nn.Module) -> None:
+    """Moves a new layer to the device and floating dtype of the module it adapts."""
+    ref = next((p for p in base.parameters() if p.dtype.is_floating_point), None)
+    if ref is not None:
+        layer.to(device=ref.device, dtype=ref.dtype)
 
 
 def _blocks_of(node: Composition | None, kind: type) -> list[Any]:

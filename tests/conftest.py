@@ -70,3 +70,16 @@ def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> None:
         for p in module.parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skips tests marked ``gpu`` cleanly when CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
