@@ -145,7 +145,7 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise MissingArtifactError(f"{path}: missing; is {directory} an adapter saved by polyglot-adapters?")
     try:
         doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
         raise CorruptArtifactError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
         raise CorruptArtifactError(f"{path}: expected a JSON object")

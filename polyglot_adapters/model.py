@@ -79,21 +79,37 @@ class AdaptedModel(nn.Module):
             )
         if not isinstance(config, AdapterConfig):
             raise ConfigError(f"expected an AdapterConfig, got {type(config).__name__}")
+        # Every layer is built before the host is touched, so a failure attaches nothing.
+        layers = self._build_layers(config)
+        for site, layer in layers:
+            _follow(layer, unwrap(self.model.get_submodule(site.path)))
+        for site, layer in layers:
+            wrapper = self._wrap(site)
+            wrapper.add_layer(name, layer, register=site.peer is None)
+            if site.tap is not None:
+                self._connect_tap(site, wrapper)
+        self._configs[name] = config
+
+    def _build_layers(self, config: AdapterConfig) -> list[tuple[Site, nn.Module]]:
+        """Finds a config's sites and builds its layers (on the current default device).
+
+        Raises:
+            ConfigError: If no site is selected or a layer cannot be built (e.g. absurd sizes).
+        """
         spec = get_method(config.method)
         sites = spec.find_sites(config, self.model, self.interface)
         if not sites:
             raise ConfigError(f"{config.method} config {config} selects no site in this host")
-        built = {}
-        for site in sites:
-            wrapper = self._wrap(site)
-            peer = built.get(site.peer) if site.peer else None
-            layer = spec.build_layer(config, site, peer)
-            _follow(layer, unwrap(wrapper))
-            wrapper.add_layer(name, layer, register=peer is None)
-            built[site.path] = layer
-            if site.tap is not None:
-                self._connect_tap(site, wrapper)
-        self._configs[name] = config
+        built: dict[str, nn.Module] = {}
+        try:
+            for site in sites:
+                built[site.path] = spec.build_layer(config, site, built.get(site.peer) if site.peer else None)
+        except ConfigError:
+            raise
+        except (OverflowError, RuntimeError, TypeError, ValueError, MemoryError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{config.method} config cannot be built on this host: {first}") from None
+        return [(site, built[site.path]) for site in sites]
 
     def delete_adapter(self, name: str) -> None:
         """Removes an adapter (unmerging it first) and drops it from the active composition."""
@@ -356,13 +372,35 @@ class AdaptedModel(nn.Module):
         if check_base:
             check_fingerprint(meta["base"], self.base_fingerprint, directory)
         name = meta["name"] if name is None else name
-        self.add_adapter(name, config)
+        try:
+            self._check_shapes(config, tensors, directory)
+            self.add_adapter(name, config)
+        except ConfigError as err:
+            raise type(err)(f"{directory / 'adapter.json'}: {err}") from None
         try:
             self._copy_into(name, tensors, directory)
         except BaseException:
             self.delete_adapter(name)
             raise
         return name
+
+    def _check_shapes(self, config: AdapterConfig, tensors: dict[str, torch.Tensor], source: Path) -> None:
+        """Compares the file's tensors with the config's layers built on the meta device (no memory)."""
+        with torch.device("meta"):
+            layers = self._build_layers(config)
+        expected = {
+            f"{site.key}.{pname}": tuple(param.shape)
+            for site, layer in layers
+            if site.peer is None
+            for pname, param in layer.named_parameters()
+        }
+        found = {key: tuple(value.shape) for key, value in tensors.items()}
+        if expected != found:
+            bad = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+            raise CorruptArtifactError(
+                f"{source}: tensors do not match the config (first difference: {bad[0]}: "
+                f"file {found.get(bad[0])}, config {expected.get(bad[0])})"
+            )
 
     @torch.no_grad()
     def _copy_into(self, name: str, tensors: dict[str, torch.Tensor], source: Path) -> None:

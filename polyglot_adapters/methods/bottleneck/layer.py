@@ -123,6 +123,7 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
             interface.embeddings is not None,
             f"interface {interface.name!r} has no embeddings for an invertible adapter",
         )
+        check(bool(sites), "an invertible adapter needs at least one adapted block; 'layers' is empty")
         emb_path = f"{root}{interface.embeddings}"
         hidden = sites[0].out_features
         sites.append(
