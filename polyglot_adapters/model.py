@@ -22,7 +22,7 @@ from .errors import (
 from .interfaces import HostInterface, find_interface
 from .io import check_fingerprint, fingerprint, read_adapter, write_adapter
 from .registry import get_method
-from .sites import ActiveState, AdaptedLinear, AdaptedModule, GateLayer, Site, Tap, unwrap
+from .sites import ActiveState, AdaptedLinear, AdaptedModule, GateLayer, Site, link_tap, unwrap
 
 __all__ = ["AdaptedModel"]
 
@@ -152,9 +152,7 @@ class AdaptedModel(nn.Module):
                 out_features=source_module.out_features,
             )
         )
-        tap = Tap()
-        source.__dict__["tap_out"] = tap
-        wrapper.__dict__["tap_in"] = tap
+        link_tap(source, wrapper)
 
     # ------------------------------------------------------------- composition
     def set_active(self, composition: Composition | None) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "Site",
     "Tap",
     "base_linears",
+    "link_tap",
     "unwrap",
 ]
 
@@ -288,6 +289,13 @@ class AdaptedModule(_SiteMixin, nn.Module):
             return self.adapt(out, out, None)
         first = self.adapt(out[0], out[0], None)
         return (first, *out[1:])
+
+
+def link_tap(source: AdaptedLinear, target: AdaptedLinear) -> None:
+    """Makes ``source`` hand its input to ``target`` (a sub-layer's first and last linear layers)."""
+    tap = Tap()
+    source.__dict__["tap_out"] = tap
+    target.__dict__["tap_in"] = tap
 
 
 def unwrap(module: nn.Module) -> nn.Module:
