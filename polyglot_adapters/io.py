@@ -19,7 +19,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import BaseModelMismatchError, CorruptArtifactError, MissingArtifactError, SchemaVersionError
+from .config import AdapterConfig, config_from_dict
+from .errors import BaseModelMismatchError, ConfigError, CorruptArtifactError, MissingArtifactError, SchemaVersionError
 from .interfaces import HostInterface
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "check_fingerprint",
     "fingerprint",
     "read_adapter",
+    "read_adapter_config",
     "read_meta",
     "write_adapter",
 ]
@@ -183,3 +185,22 @@ def read_adapter(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     except Exception as err:  # safetensors raises several types for malformed headers
         raise CorruptArtifactError(f"{path}: not a valid safetensors file ({err})") from None
     return meta, tensors
+
+
+def read_adapter_config(
+    directory: str | os.PathLike[str],
+) -> tuple[dict[str, Any], AdapterConfig, dict[str, torch.Tensor]]:
+    """Like :func:`read_adapter`, and also builds the saved config.
+
+    Raises:
+        ArtifactError: As :func:`read_adapter`, or when ``method`` and the config disagree.
+        ConfigError: If the config is invalid or its method unknown (the message names the file).
+    """
+    meta, tensors = read_adapter(directory)
+    try:
+        config = config_from_dict(meta["config"])
+    except ConfigError as err:
+        raise type(err)(f"{Path(directory) / CONFIG_NAME}: {err}") from None
+    if config.method != meta["method"]:
+        raise CorruptArtifactError(f"{directory}: method {meta['method']!r} disagrees with config {config.method!r}")
+    return meta, config, tensors

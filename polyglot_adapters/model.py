@@ -11,7 +11,7 @@ from torch import nn
 
 from . import methods  # noqa: F401  (registers every method)
 from .composition import Composition, Gate, Parallel, adapter_names, validate
-from .config import AdapterConfig, config_from_dict
+from .config import AdapterConfig
 from .errors import (
     AdapterNotFoundError,
     CompositionError,
@@ -20,7 +20,7 @@ from .errors import (
     NotMergeableError,
 )
 from .interfaces import HostInterface, find_interface
-from .io import check_fingerprint, fingerprint, read_adapter, write_adapter
+from .io import CONFIG_NAME, check_fingerprint, fingerprint, read_adapter_config, write_adapter
 from .registry import get_method
 from .sites import ActiveState, AdaptedLinear, AdaptedModule, GateLayer, Site, link_tap, unwrap
 
@@ -358,15 +358,7 @@ class AdaptedModel(nn.Module):
             ConfigError: If the name is taken.
         """
         directory = Path(directory)
-        meta, tensors = read_adapter(directory)
-        try:
-            config = config_from_dict(meta["config"])
-        except ConfigError as err:
-            raise type(err)(f"{directory / 'adapter.json'}: {err}") from None
-        if config.method != meta["method"]:
-            raise CorruptArtifactError(
-                f"{directory}: method {meta['method']!r} disagrees with config {config.method!r}"
-            )
+        meta, config, tensors = read_adapter_config(directory)
         if check_base:
             check_fingerprint(meta["base"], self.base_fingerprint, directory)
         name = meta["name"] if name is None else name
@@ -374,7 +366,7 @@ class AdaptedModel(nn.Module):
             self._check_shapes(config, tensors, directory)
             self.add_adapter(name, config)
         except ConfigError as err:
-            raise type(err)(f"{directory / 'adapter.json'}: {err}") from None
+            raise type(err)(f"{directory / CONFIG_NAME}: {err}") from None
         try:
             self._copy_into(name, tensors, directory)
         except BaseException:

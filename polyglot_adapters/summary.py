@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import config_from_dict
-from .errors import ConfigError
-from .io import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from .io import WEIGHTS_NAME, read_adapter_config
 
 __all__ = ["describe_adapter"]
 
@@ -21,11 +19,7 @@ def describe_adapter(directory: str | os.PathLike[str]) -> dict[str, Any]:
         ConfigError: If its config is invalid or its method unknown.
     """
     directory = Path(directory)
-    meta, tensors = read_adapter(directory)
-    try:
-        config = config_from_dict(meta["config"])
-    except ConfigError as err:
-        raise type(err)(f"{directory / CONFIG_NAME}: {err}") from None
+    meta, config, tensors = read_adapter_config(directory)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
     return {
         "name": meta["name"],
