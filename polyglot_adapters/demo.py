@@ -96,7 +96,7 @@ def run_demo(*, out: Path | None = None, steps: int = 60, seed: int = 0, echo: C
     root = Path(out) if out is not None else Path(tmp.name)
     for name in ("lang", "task"):
         am.save_adapter(name, root / name)
-    echo(f"saved adapters to {root}")
+    echo(f"saved adapters to {root}" + (" (temporary; pass --out DIR to keep them)" if tmp is not None else ""))
 
     fresh = AdaptedModel(pristine)
     for name in ("lang", "task"):
