@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "check_fingerprint",
     "fingerprint",
+    "parse_verified",
     "read_adapter",
     "read_adapter_config",
     "read_meta",
@@ -180,14 +181,21 @@ def read_adapter(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise MissingArtifactError(f"{path}: missing; the adapter directory is incomplete")
-    blob = path.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
-        raise CorruptArtifactError(f"{path}: checksum does not match {CONFIG_NAME} (truncated or altered file)")
+    return meta, parse_verified(path, path.read_bytes(), meta["tensors_sha256"])
+
+
+def parse_verified(path: Path, blob: bytes, sha256: str) -> dict[str, torch.Tensor]:
+    """Parses safetensors bytes read from ``path`` after checking them against their recorded SHA-256.
+
+    Raises:
+        CorruptArtifactError: On a checksum mismatch or a malformed file.
+    """
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise CorruptArtifactError(f"{path}: checksum does not match its JSON (truncated or altered file)")
     try:
-        tensors = st_load(blob)
+        return st_load(blob)
     except Exception as err:  # safetensors raises several types for malformed headers
         raise CorruptArtifactError(f"{path}: not a valid safetensors file ({err})") from None
-    return meta, tensors
 
 
 def read_adapter_config(

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import CorruptArtifactError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, parse_verified
 
 __all__ = ["CHECKPOINT_SCHEMA", "find_checkpoint", "read_checkpoint", "write_checkpoint"]
 
@@ -69,10 +68,4 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise CorruptArtifactError(f"{directory}: unreadable checkpoint ({err}); delete it to start over") from None
     if not isinstance(doc, dict) or doc.get("schema") != CHECKPOINT_SCHEMA or doc.get("version") != 1:
         raise CorruptArtifactError(f"{directory}: not a version-1 training checkpoint; delete it to start over")
-    if hashlib.sha256(blob).hexdigest() != doc.get("state_sha256"):
-        raise CorruptArtifactError(f"{directory}/{_STATE}: checksum mismatch (truncated or altered)")
-    try:
-        tensors = st_load(blob)
-    except Exception as err:  # safetensors raises several types for malformed files
-        raise CorruptArtifactError(f"{directory}/{_STATE}: not a valid safetensors file ({err})") from None
-    return tensors, doc
+    return parse_verified(directory / _STATE, blob, str(doc.get("state_sha256"))), doc
