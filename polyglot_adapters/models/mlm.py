@@ -1,0 +1,113 @@
+"""Masked-LM ability for an encoder that has none: a head plus separate copies of its top layers.
+
+The default base was trained for sentence embeddings and ships no masked-LM head. The masked-LM
+model built here shares the base's embeddings and lower layers (same parameter objects, no extra
+memory) and owns copies of the top ``retrain_top`` layers, which masked-LM training may change
+while the embedding path keeps the originals. The decoder is tied to the (frozen) word
+embeddings, so only the copied layers, the head's transform and its output bias train.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import BertForMaskedLM
+
+from ..errors import ConfigError
+
+__all__ = ["mask_tokens", "masked_lm_loss", "mlm_from_base", "mlm_trainable_names"]
+
+
+def mlm_from_base(base: nn.Module, *, retrain_top: int = 2) -> BertForMaskedLM:
+    """Builds a ``BertForMaskedLM`` around a BERT-layout base.
+
+    Args:
+        base: A transformers ``BertModel`` (e.g. from ``default_base()``).
+        retrain_top: How many top layers get their own (trainable) copies.
+
+    Raises:
+        ConfigError: If ``retrain_top`` is outside ``0..num_hidden_layers``.
+    """
+    layers = base.config.num_hidden_layers
+    if not 0 <= retrain_top <= layers:
+        raise ConfigError(f"retrain_top must be in 0..{layers}, got {retrain_top}")
+    config = copy.deepcopy(base.config)
+    config.tie_word_embeddings = True
+    with torch.device("meta"):  # every parameter is replaced below; build nothing twice
+        mlm = BertForMaskedLM(config)
+    mlm.bert.embeddings = base.embeddings
+    for i, layer in enumerate(base.encoder.layer):
+        mlm.bert.encoder.layer[i] = copy.deepcopy(layer) if i >= layers - retrain_top else layer
+    head = mlm.cls.predictions
+    head.transform.to_empty(device=base.embeddings.word_embeddings.weight.device)
+    head.transform.apply(mlm._init_weights)
+    head.bias = nn.Parameter(torch.zeros(config.vocab_size, device=head.transform.dense.weight.device))
+    head.decoder.weight = mlm.bert.embeddings.word_embeddings.weight
+    head.decoder.bias = head.bias
+    return mlm.to(dtype=base.embeddings.word_embeddings.weight.dtype)
+
+
+def mlm_trainable_names(mlm: BertForMaskedLM, retrain_top: int = 2) -> list[str]:
+    """Names of the parameters masked-LM training changes: the copied top layers and the head."""
+    layers = mlm.config.num_hidden_layers
+    top = tuple(f"bert.encoder.layer.{i}." for i in range(layers - retrain_top, layers))
+    return [
+        name
+        for name, _ in mlm.named_parameters()
+        if name.startswith(top) or name.startswith("cls.predictions.transform.") or name == "cls.predictions.bias"
+    ]
+
+
+def mask_tokens(
+    ids: torch.Tensor,
+    special: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    p: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: ``p`` of the non-special tokens become targets; 80% ``<mask>``, 10% random, 10% kept.
+
+    Args:
+        ids: ``(B, T)`` token ids.
+        special: ``(B, T)`` bool, True where a token must never be a target (specials, padding).
+        mask_id: Id of the mask token.
+        vocab_size: Size of the vocabulary for random replacements.
+        generator: Source of randomness (one per example keeps batches shard-invariant).
+        p: Target probability.
+
+    Returns:
+        The corrupted ids and the labels (``-100`` where no target).
+    """
+    draw = torch.rand(ids.shape, generator=generator)
+    targets = (draw < p) & ~special
+    labels = torch.where(targets, ids, torch.full_like(ids, -100))
+    how = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator)
+    corrupted = torch.where(targets & (how < 0.8), torch.full_like(ids, mask_id), ids)
+    corrupted = torch.where(targets & (how >= 0.8) & (how < 0.9), random_ids, corrupted)
+    return corrupted, labels
+
+
+def masked_lm_loss(
+    mlm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy at the target positions only (the 250k-way decoder never sees the rest).
+
+    Args:
+        mlm: A ``BertForMaskedLM`` (adapters attached through ``AdaptedModel`` act inside it).
+        input_ids: ``(B, T)``.
+        attention_mask: ``(B, T)``.
+        labels: ``(B, T)``, ``-100`` where no target.
+
+    Returns:
+        The mean loss over targets and the ``(N,)`` logits' argmax per target (for accuracy).
+    """
+    hidden = mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    targets = labels != -100
+    logits = mlm.cls(hidden[targets])  # (N, V)
+    return F.cross_entropy(logits.float(), labels[targets]), logits.argmax(-1)
