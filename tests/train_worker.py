@@ -3,6 +3,10 @@
 Usage:
     python tests/train_worker.py OUT_DIR [--steps N] [--save-every N] [--stall-at STEP]
     python -m torch.distributed.run --nproc_per_node 2 tests/train_worker.py OUT_DIR ...
+
+The tests import ``dataset``, ``collate``, ``loss_fn`` and ``build`` from here too, so the
+in-process and the subprocess runs train the very same task: a bottleneck + LoRA stack on a tiny
+random BERT learning to fill masked tokens of ``a, a+1, a+2, ...`` sequences.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ VOCAB, LENGTH = 64, 12
 
 
 def dataset(n: int = 40) -> list[torch.Tensor]:
+    """``n`` rows ``a, a+1, ..., a+LENGTH-1`` (mod the vocabulary, ids 1..VOCAB-1)."""
     gen = torch.Generator().manual_seed(123)
     starts = torch.randint(1, VOCAB, (n, 1), generator=gen)
     return list((starts + torch.arange(LENGTH)) % (VOCAB - 1) + 1)
 
 
 def collate(examples: list[torch.Tensor], seeds: list[int]) -> dict[str, torch.Tensor]:
+    """Masks 30% of each row (id 0) with the row's own seed, so shards and resumes mask alike."""
     ids = torch.stack(examples)  # (B, T)
     mask = torch.stack([torch.rand(LENGTH, generator=torch.Generator().manual_seed(s)) < 0.3 for s in seeds])
     mask[:, 0] = True  # every row has a target, so the per-row mean is defined
@@ -36,15 +42,17 @@ def collate(examples: list[torch.Tensor], seeds: list[int]) -> dict[str, torch.T
 
 
 def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Masked-token cross-entropy, averaged per row, then over rows (shard-invariant)."""
     logits = model(input_ids=batch["input_ids"]).logits  # (B, T, V)
-    per_token = F.cross_entropy(logits.transpose(1, 2), batch["labels"], reduction="none", ignore_index=-100)
-    counts = (batch["labels"] != -100).sum(1)
-    return (per_token.sum(1) / counts).mean()  # mean over rows: shard-invariant
+    per_token = F.cross_entropy(logits.float().transpose(1, 2), batch["labels"], reduction="none")  # (B, T)
+    counts = (batch["labels"] != -100).sum(1)  # (B,)
+    return (per_token.sum(1) / counts).mean()
 
 
 def build() -> AdaptedModel:
+    """The tiny host with two trainable adapters (dropout off: processes would draw different masks)."""
     host = tiny_bert(seed=0)
-    for module in host.modules():  # no dropout: processes draw different dropout masks
+    for module in host.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     am = AdaptedModel(host)

@@ -1,8 +1,11 @@
 """Resumable training checkpoints: trainable parameters and AdamW state as safetensors + JSON.
 
-A checkpoint is written into a temporary sibling directory, fsynced, then renamed over the old
-one (the old one is moved aside first and removed last), so a kill at any moment leaves either
-the previous complete checkpoint or the new one.
+A checkpoint directory holds ``state.safetensors`` (tensors) and ``state.json`` (schema, step,
+config, ... and the SHA-256 of the tensor file). It is written into a temporary sibling
+directory, fsynced, then swapped in: the previous checkpoint is renamed to ``<name>.old``, the new
+one renamed into place, and only then is ``.old`` removed. A kill at any moment therefore leaves
+the previous complete checkpoint or the new one, never a half-written one; temporary leftovers of
+a killed write are removed by the next write.
 """
 
 from __future__ import annotations
@@ -25,28 +28,47 @@ __all__ = ["CHECKPOINT_SCHEMA", "find_checkpoint", "read_checkpoint", "write_che
 
 CHECKPOINT_SCHEMA = "polyglot-adapters/train-checkpoint"
 _STATE, _META = "state.safetensors", "state.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
-def write_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Atomically replaces ``directory`` with a checkpoint holding ``tensors`` and ``meta``."""
+def write_checkpoint(
+    directory: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    """Atomically replaces ``directory`` with a checkpoint holding ``tensors`` and ``meta``.
+
+    Args:
+        directory: The checkpoint directory (its parent is created if missing).
+        tensors: Flat name -> tensor map (moved to CPU, made contiguous).
+        meta: JSON-ready fields stored next to the schema tag and the tensor file's checksum.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
-    atomic_write_bytes(tmp / _STATE, blob)
-    doc = {"schema": CHECKPOINT_SCHEMA, "version": 1, **meta, "state_sha256": hashlib.sha256(blob).hexdigest()}
-    atomic_write_bytes(tmp / _META, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    try:
+        blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+        atomic_write_bytes(tmp / _STATE, blob)
+        doc = {"schema": CHECKPOINT_SCHEMA, "version": 1, **meta, "state_sha256": hashlib.sha256(blob).hexdigest()}
+        atomic_write_bytes(tmp / _META, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     old = directory.with_name(f"{directory.name}.old")
     if directory.exists():
         if old.exists():
             shutil.rmtree(old)
         os.replace(directory, old)
+        _fsync_dir(directory.parent)
     os.replace(tmp, directory)
+    _fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def find_checkpoint(directory: Path) -> Path | None:
-    """Returns the checkpoint to resume from: ``directory``, or its ``.old`` copy after a crash mid-swap."""
+def find_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+    """Returns the checkpoint to resume from: ``directory``, or its ``.old`` copy after a kill mid-swap."""
     directory = Path(directory)
     if directory.exists():
         return directory
@@ -54,8 +76,11 @@ def find_checkpoint(directory: Path) -> Path | None:
     return old if old.exists() else None
 
 
-def read_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Reads and verifies a checkpoint.
+
+    Returns:
+        The tensors (on CPU) and the JSON metadata.
 
     Raises:
         CorruptArtifactError: If a file is missing, malformed or does not match its checksum.
@@ -69,3 +94,11 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
     if not isinstance(doc, dict) or doc.get("schema") != CHECKPOINT_SCHEMA or doc.get("version") != 1:
         raise CorruptArtifactError(f"{directory}: not a version-1 training checkpoint; delete it to start over")
     return parse_verified(directory / _STATE, blob, str(doc.get("state_sha256"))), doc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
