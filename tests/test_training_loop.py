@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +43,7 @@ def run_worker(out: Path, *args: str, torchrun: int = 0, stall_at: int = 0) -> s
         ]
     if stall_at:
         command.append(f"--stall-at={stall_at}")
-    # A session of its own, so that a kill reaches torchrun's workers too.
+    # A session of its own: a kill of its group reaches the launcher and its helpers.
     return subprocess.Popen(
         command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -65,20 +66,31 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def kill_after_checkpoint(proc: subprocess.Popen, out: Path, step: int) -> None:
-    """Waits until ``out/checkpoint`` holds ``step`` (the worker then stalls), then SIGKILLs it."""
-    state = out / "checkpoint" / "state.json"
+def kill_after_checkpoint(proc: subprocess.Popen, out: Path, step: int, ranks: int = 1) -> None:
+    """Waits until ``out/checkpoint`` holds ``step`` and every worker stalls, then SIGKILLs them all.
+
+    The workers are killed by the ids they recorded, then the launcher: torchrun starts its
+    workers in sessions of their own, where a kill of the launcher's group does not reach them.
+    """
+    state, stalled = out / "checkpoint" / "state.json", out / "stalled"
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
-            if state.exists() and json.loads(state.read_text())["step"] == step:
+            pids = list(stalled.glob("*.pid")) if stalled.is_dir() else []
+            if len(pids) == ranks and state.exists() and json.loads(state.read_text())["step"] == step:
                 break
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.1)
         else:
-            pytest.fail(f"the worker wrote no checkpoint at step {step}")
+            pytest.fail(f"the worker did not stall after a checkpoint at step {step}")
     finally:
+        for pid_file in stalled.glob("*.pid") if stalled.is_dir() else []:
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
         kill(proc)
+    shutil.rmtree(stalled)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "final").exists()
 
@@ -119,7 +131,7 @@ def test_resume_after_sigkill_is_bit_exact(baseline: dict[str, torch.Tensor], tm
 
 
 def test_two_processes_killed_and_resumed_equal_one_process(baseline: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    kill_after_checkpoint(run_worker(tmp_path, torchrun=2, stall_at=6), tmp_path, 6)
+    kill_after_checkpoint(run_worker(tmp_path, torchrun=2, stall_at=6), tmp_path, 6, ranks=2)
     assert read_checkpoint(tmp_path / "checkpoint")[1]["world_size"] == 2
     assert "resumed_from=6" in finish(run_worker(tmp_path, torchrun=2))
     parallel = adapters(tmp_path)

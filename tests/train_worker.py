@@ -70,7 +70,9 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--accumulation", type=int, default=1)
-    parser.add_argument("--stall-at", type=int, default=0, help="hang after the checkpoint of this step")
+    parser.add_argument(
+        "--stall-at", type=int, default=0, help="write OUT/stalled/RANK.pid and hang after the checkpoint of this step"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     am = build()
@@ -88,7 +90,11 @@ def main() -> None:
     def stalling_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The first call of step `stall_at` comes right after that step's checkpoint was written.
         if args.stall_at and calls[0] == args.stall_at * args.accumulation:
-            time.sleep(3600)
+            # Tell the test whom to kill: torchrun starts its workers in sessions of their own.
+            stalled = args.out / "stalled"
+            stalled.mkdir(exist_ok=True)
+            (stalled / f"{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
+            time.sleep(600)
         calls[0] += 1
         return loss_fn(model, batch)
 
