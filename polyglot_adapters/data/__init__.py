@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         fetch_udhr,
         load_udhr,
         resolve_language,
+        split_sentences,
     )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "fetch_udhr",
     "load_udhr",
     "resolve_language",
+    "split_sentences",
 ]
 
 

