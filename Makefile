@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# adapters 1.3.0 (AdapterHub) pins transformers ~=4.57.6: its test fixtures are built in a venv of its own.
+ADAPTERHUB := .venv-adapters
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
@@ -17,6 +19,13 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m polyglot_adapters.data fetch
+	rm -rf $(ADAPTERHUB) && $(BIN)/python -m venv $(ADAPTERHUB)
+	@# It sees .venv's packages (torch, numpy, safetensors) through a .pth file; its own transformers shadows ours.
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
+		"$$($(ADAPTERHUB)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_main_venv.pth"
+	$(ADAPTERHUB)/bin/python -m pip install -q -U pip
+	$(ADAPTERHUB)/bin/python -m pip install -q adapters==1.3.0 2>&1 | grep -v -e "dependency resolver" -e "requires transformers==" || true
+	$(ADAPTERHUB)/bin/python -c 'import adapters, transformers; assert adapters.__version__ == "1.3.0", adapters.__version__'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python kernels/bench_core.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ADAPTERHUB) .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ from .composition import Average, Gate, Parallel, Route, Stack
 from .config import AdapterConfig, config_from_dict
 from .errors import PolyglotAdaptersError
 from .interfaces import PRESETS, HostInterface, Sublayer
+from .merging import average_checkpoints, load_bundle, merge_adapters, merge_per_language
 from .methods.bottleneck import BottleneckConfig
 from .methods.lora import LoraConfig
 from .model import AdaptedModel
@@ -28,8 +29,12 @@ __all__ = [
     "Stack",
     "Sublayer",
     "__version__",
+    "average_checkpoints",
     "config_from_dict",
     "get_method",
+    "load_bundle",
+    "merge_adapters",
+    "merge_per_language",
     "register_method",
     "registered_methods",
 ]

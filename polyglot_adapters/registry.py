@@ -7,19 +7,43 @@ folder branches on the method's name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UnknownMethodError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from .config import AdapterConfig
     from .interfaces import HostInterface
     from .sites import AdapterLayer, Site
 
-__all__ = ["MethodSpec", "get_method", "register_method", "registered_methods"]
+__all__ = ["DeltaCodec", "MethodSpec", "get_method", "register_method", "registered_methods"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaCodec:
+    """How a method's saved tensors map to dense per-site weight changes and back (merging in delta space).
+
+    Methods whose adapters are linear weight updates (LoRA) merge best as dense deltas: adapters of
+    different ranks or targets then combine exactly. Methods without a codec merge parameter by parameter.
+
+    Attributes:
+        deltas: ``(config, tensors) -> {site key: thunk}``; each thunk returns that site's dense
+            ``(out, in)`` weight change. Thunks let a merge hold one site's deltas at a time.
+        factorise: ``(configs, deltas, rank) -> (config, tensors)``: an adapter of the method whose
+            weight changes approximate ``deltas`` (exactly when ``rank`` allows). ``configs`` are the
+            merged adapters' configs; ``rank`` is the caller's rule (an int, ``"max"``, ``"sum"``,
+            ``"full"`` or ``None`` for "all inputs agree").
+    """
+
+    deltas: Callable[[AdapterConfig, Mapping[str, torch.Tensor]], dict[str, Callable[[], torch.Tensor]]]
+    factorise: Callable[
+        [Sequence[AdapterConfig], Mapping[str, torch.Tensor], int | str | None],
+        tuple[AdapterConfig, dict[str, torch.Tensor]],
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +58,8 @@ class MethodSpec:
         build_layer: ``(config, site, peer) -> layer``; ``peer`` is the layer already built at
             ``site.peer`` (for modules that share parameters across two sites), else ``None``.
         mergeable: Whether the method's layers can be folded into the base weights.
+        delta_codec: Optional :class:`DeltaCodec`: merge adapters of this method as dense weight
+            deltas instead of parameter by parameter.
     """
 
     name: str
@@ -42,6 +68,7 @@ class MethodSpec:
     find_sites: Callable[[AdapterConfig, nn.Module, HostInterface], list[Site]]
     build_layer: Callable[[AdapterConfig, Site, AdapterLayer | None], AdapterLayer]
     mergeable: bool = False
+    delta_codec: DeltaCodec | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -10,6 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import PolyglotAdaptersError
+from .merge import convert_command, merge_group
 
 __all__ = ["cli", "main"]
 
@@ -47,6 +48,10 @@ def demo(out: Path | None, steps: int, seed: int) -> None:
     from ..demo import run_demo
 
     run_demo(out=out, steps=steps, seed=seed, echo=click.echo)
+
+
+cli.add_command(merge_group)
+cli.add_command(convert_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ...registry import MethodSpec, register_method
+from ...registry import DeltaCodec, MethodSpec, register_method
 from .config import LoraConfig
 from .layer import LoraLayer, build_layer, find_sites
+from .merge import lora_deltas, lora_factorise
 
 __all__ = ["LoraConfig", "LoraLayer"]
 
@@ -16,5 +17,6 @@ register_method(
         find_sites=find_sites,
         build_layer=build_layer,
         mergeable=True,
+        delta_codec=DeltaCodec(deltas=lora_deltas, factorise=lora_factorise),
     )
 )
