@@ -9,6 +9,7 @@ from .interfaces import PRESETS, HostInterface, Sublayer
 from .merging import average_checkpoints, load_bundle, merge_adapters, merge_per_language
 from .methods.bottleneck import BottleneckConfig
 from .methods.lora import LoraConfig
+from .methods.sparse_ft import SparseDiff, SparseFTConfig
 from .model import AdaptedModel
 from .registry import get_method, register_method, registered_methods
 
@@ -26,6 +27,8 @@ __all__ = [
     "Parallel",
     "PolyglotAdaptersError",
     "Route",
+    "SparseDiff",
+    "SparseFTConfig",
     "Stack",
     "Sublayer",
     "__version__",

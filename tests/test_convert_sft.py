@@ -71,7 +71,7 @@ def test_diff_applies_with_the_source_librarys_logits(ids: torch.Tensor, tmp_pat
     src = write_sft(tmp_path / "sft", diffs)
     assert detect_format(src).format == "composable-sft"
     out = convert(src, tmp_path / "diff", host=make_host())
-    assert sorted(p.name for p in out.iterdir()) == ["sparse_diff.json", "sparse_diff.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.json", "adapter.safetensors"]
     diff = SparseDiff.read(out)
     assert diff.nnz == sum(int((d != 0).sum()) for d in diffs.values())
     host = make_host()

@@ -8,6 +8,14 @@ from conftest import host_output, make_host, randomize
 
 from polyglot_adapters import AdaptedModel, BottleneckConfig, LoraConfig, get_method, registered_methods
 from polyglot_adapters.errors import NotMergeableError
+from polyglot_adapters.methods.sparse_ft import SparseFTConfig
+
+
+def _random_positions(sizes: dict[str, int], density: float, seed: int) -> dict[str, torch.Tensor]:
+    """Sorted random flat positions per site key (a stand-in for an LT-SFT selection)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {key: torch.randperm(n, generator=gen)[: int(n * density)].sort().values for key, n in sizes.items()}
+
 
 # One or more example configs per registered method; the meta-test below fails when a method
 # is registered without an entry here.
@@ -23,6 +31,20 @@ EXAMPLES = {
         LoraConfig(),
         LoraConfig(r=3, alpha=5, targets=("q", "k", "v", "o", "ffn_in", "ffn_out")),
         LoraConfig(r=2, targets=(r"encoder\.layer\.0\.attention\.self\.(query|key)",)),
+    ],
+    "sparse_ft": [
+        SparseFTConfig(targets=("q", "v"), layers=(1,)),
+        SparseFTConfig(targets=("q", "v", "ffn_out"), density=0.1).with_mask(
+            _random_positions(
+                {
+                    "encoder.layer.0.attention.self.query": 16 * 16,
+                    "encoder.layer.1.attention.self.value": 16 * 16,
+                    "encoder.layer.1.output.dense": 16 * 32,
+                },
+                density=0.1,
+                seed=0,
+            )
+        ),
     ],
 }
 

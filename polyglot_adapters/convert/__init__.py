@@ -21,12 +21,12 @@ from torch import nn
 
 from ..interfaces import HostInterface
 from ..merging import SavedAdapter
+from ..methods.sparse_ft import SparseDiff
 from .adapterhub import import_adapterhub
 from .composable_sft import import_composable_sft, restricted_load
 from .detect import FORMATS, ConversionError, Detected, UnsafeArtifactError, detect_format, sniff
 from .hosts import Host, host_from_config, resolve_host
 from .peft import export_peft, import_peft
-from .sparse_diff import SparseDiff
 
 __all__ = [
     "FORMATS",

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from ..errors import CorruptArtifactError
+from ..methods.sparse_ft import SparseDiff
 from .detect import ConversionError, Detected, UnsafeArtifactError
 from .hosts import Host
-from .sparse_diff import SparseDiff
 
 __all__ = ["import_composable_sft", "restricted_load"]
 

@@ -1,0 +1,7 @@
+"""Sparse fine-tuning kernels: pure-PyTorch references (the CPU path) behind one dispatch point."""
+
+from __future__ import annotations
+
+from .dispatch import global_topk, sampled_dense_dense, scatter_add_, sparse_delta_matmul
+
+__all__ = ["global_topk", "sampled_dense_dense", "scatter_add_", "sparse_delta_matmul"]

@@ -1,0 +1,110 @@
+"""Sparse fine-tuning kernels against dense float64 references, on irregular shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polyglot_adapters.kernels import global_topk, sampled_dense_dense, scatter_add_, sparse_delta_matmul
+from polyglot_adapters.methods.sparse_ft import sparse_linear
+
+SHAPES = [(37, 181), (1, 13), (61, 7)]
+
+
+def _entries(shape: tuple[int, int], k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    positions = torch.randperm(shape[0] * shape[1], generator=gen)[:k].sort().values
+    return positions, positions // shape[1], positions % shape[1]
+
+
+def _dense(shape: tuple[int, int], positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    dense = torch.zeros(shape[0] * shape[1], dtype=values.dtype)
+    dense[positions] = values
+    return dense.view(shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scatter_add_applies_several_diffs_in_one_call(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.randn(1823 * 7, generator=gen, dtype=dtype)
+    updates = []
+    for seed, scale in ((1, 1.0), (2, 0.5), (3, -2.0)):
+        positions, _, _ = _entries((1823, 7), 900, seed)
+        updates.append((positions.int() if seed == 2 else positions, torch.randn(900, generator=gen), scale))
+    expected = flat.clone()
+    for positions, values, scale in updates:  # same dtype, one diff after another
+        expected[positions.long()] = expected[positions.long()] + (values * scale).to(dtype)
+    exact = flat.double().clone()
+    for positions, values, scale in updates:
+        exact[positions.long()] += values.double() * scale
+    out = scatter_add_(flat, updates)
+    assert out is flat
+    assert torch.equal(flat, expected)
+    torch.testing.assert_close(flat.double(), exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_delta_matmul_equals_the_dense_product(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    k = max(1, shape[0] * shape[1] // 5)
+    positions, rows, cols = _entries(shape, k, seed=shape[0])
+    gen = torch.Generator().manual_seed(1)
+    values = torch.randn(k, generator=gen, dtype=dtype)
+    x = torch.randn(29, shape[1], generator=gen, dtype=dtype)
+    g = torch.randn(29, shape[0], generator=gen, dtype=dtype)
+    dense = _dense(shape, positions, values)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    out = sparse_delta_matmul(x, rows, cols, values, shape)
+    assert out.shape == (29, shape[0]) and out.dtype == dtype
+    torch.testing.assert_close(out, x @ dense.T, **tol)  # same dtype
+    torch.testing.assert_close(out.double(), x.double() @ dense.double().T, **tol)  # float64
+    back = sparse_delta_matmul(g, rows, cols, values, shape, transpose=True)
+    torch.testing.assert_close(back.double(), g.double() @ dense.double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sampled_dense_dense_is_the_sampled_weight_gradient(dtype: torch.dtype) -> None:
+    shape = (37, 181)
+    positions, rows, cols = _entries(shape, 5000, seed=4)
+    gen = torch.Generator().manual_seed(2)
+    # 1823 tokens make the kernel work in several chunks of entries.
+    x = torch.randn(1823, shape[1], generator=gen, dtype=dtype)
+    g = torch.randn(1823, shape[0], generator=gen, dtype=dtype)
+    out = sampled_dense_dense(g, x, rows, cols)
+    assert out.shape == (5000,) and out.dtype == dtype
+    same = (g.T @ x)[rows, cols]
+    exact = (g.double().T @ x.double())[rows, cols]
+    tol = {"rtol": 1e-4, "atol": 1e-3} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(out, same, **tol)
+    torch.testing.assert_close(out.double(), exact, **tol)
+
+
+def test_sparse_linear_gradients_match_finite_differences() -> None:
+    shape = (5, 11)
+    _, rows, cols = _entries(shape, 17, seed=5)
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(17, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, v: sparse_linear(x, v, rows, cols, shape), (x, values))
+
+
+def test_global_topk_equals_topk_over_the_concatenation() -> None:
+    gen = torch.Generator().manual_seed(6)
+    scores = [torch.randn(s, generator=gen) for s in [(1823, 7), (13,), (61, 7, 3), (1, 1)]]
+    flat = torch.cat([s.reshape(-1) for s in scores]).abs()
+    offsets = [0]
+    for s in scores:
+        offsets.append(offsets[-1] + s.numel())
+    for k in (0, 1, 777, flat.numel()):
+        chosen = global_topk(scores, k)
+        assert [c.dtype for c in chosen] == [torch.long] * len(scores)
+        assert all(torch.equal(c, c.sort().values) for c in chosen)
+        got = torch.cat([c + off for c, off in zip(chosen, offsets, strict=False)]).sort().values
+        expected = flat.topk(k).indices.sort().values
+        assert torch.equal(got, expected)
+
+
+def test_global_topk_breaks_ties_towards_earlier_entries() -> None:
+    scores = [torch.tensor([1.0, -3.0, 2.0]), torch.tensor([[2.0, -2.0], [0.5, 3.0]])]
+    chosen = global_topk(scores, 4)  # |3|, |3|, then two of the four 2s: the earliest ones
+    assert [c.tolist() for c in chosen] == [[1, 2], [0, 3]]
