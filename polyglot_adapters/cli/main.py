@@ -10,6 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import PolyglotAdaptersError
+from .kg import kg_group
 from .merge import convert_command, merge_group
 
 __all__ = ["cli", "main"]
@@ -50,6 +51,7 @@ def demo(out: Path | None, steps: int, seed: int) -> None:
     run_demo(out=out, steps=steps, seed=seed, echo=click.echo)
 
 
+cli.add_command(kg_group)
 cli.add_command(merge_group)
 cli.add_command(convert_command)
 

