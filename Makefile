@@ -39,8 +39,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -n 2 -q; rc=$$?; if [ $$rc -eq 5 ]; then echo 'pytest collected no tests'; exit 0; fi; exit $$rc
 
+# Builds the default base on first use, then trains a Swahili language adapter for a few minutes.
 demo: $(STAMP)
-	$(BIN)/polyglot-adapters demo
+	$(BIN)/polyglot-adapters demo --lang sw
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

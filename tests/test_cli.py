@@ -210,7 +210,7 @@ def test_info_on_a_broken_adapter_is_one_error_line(case: str, as_json: bool, tm
 # ------------------------------------------------------------------------------------------ demo
 def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_dir = tmp_path / "demo"
-    code, out, err = run_cli(capsys, "demo", "--steps", "5", "--out", out_dir)
+    code, out, err = run_cli(capsys, "demo", "--smoke", "--steps", "5", "--out", out_dir)
     assert code == 0, err
     assert "Traceback" not in err
     assert sorted(p.name for p in out_dir.iterdir()) == ["lang", "task"]

@@ -12,6 +12,7 @@ from .. import __version__
 from ..errors import PolyglotAdaptersError
 from .kg import kg_group
 from .merge import convert_command, merge_group
+from .train import train
 
 __all__ = ["cli", "main"]
 
@@ -41,16 +42,27 @@ def info(directory: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where to save the demo adapters.")
-@click.option("--steps", type=click.IntRange(1, 10_000), default=60, show_default=True, help="Training steps.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="[default: out/demo/LANG; smoke: a temporary one]"
+)
+@click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Training steps [default: 100; smoke: 60]")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: Path | None, steps: int, seed: int) -> None:
-    """Smoke example: add adapters to a tiny BERT, train, save, reload, compare outputs."""
-    from ..demo import run_demo
+@click.option("--lang", "language", default="sw", show_default=True, help="Language of the language-adapter demo.")
+@click.option("--smoke", is_flag=True, help="The seconds-long smoke example on a tiny random BERT instead.")
+def demo(out: Path | None, steps: int | None, seed: int, language: str, smoke: bool) -> None:
+    """Train a language adapter for a low-resource language and show held-out masked-LM loss before/after.
 
-    run_demo(out=out, steps=steps, seed=seed, echo=click.echo)
+    With --smoke: add adapters to a tiny BERT, train, save, reload, compare outputs.
+    """
+    from ..demo import DEMO_STEPS, run_demo, run_language_demo
+
+    if smoke:
+        run_demo(out=out, steps=steps or 60, seed=seed, echo=click.echo)
+    else:
+        run_language_demo(language=language, steps=steps or DEMO_STEPS, out=out, seed=seed, echo=click.echo)
 
 
+cli.add_command(train)
 cli.add_command(kg_group)
 cli.add_command(merge_group)
 cli.add_command(convert_command)
