@@ -4,12 +4,15 @@ Usage:
     python kg/bench_language_adapter.py                                   # default host, Swahili, 8 x 128, fp32
     python kg/bench_language_adapter.py --precision bf16 --out runs/bench-bf16.json
     python kg/bench_language_adapter.py --model /path/to/xlm-roberta-base --batch-size 16
+    python kg/bench_language_adapter.py --layers 6-11 --no-invertible      # adapters in the top 6 blocks only
+    python kg/bench_language_adapter.py --device cuda --precision bf16 --batch-size 64
 
 Both configurations run one training step exactly as the shared loop does (forward, masked-LM
 loss per window, backward, gradient clipping at 1.0, AdamW) on one batch of real UDHR windows:
 "adapter" trains only the language adapter (the default language adapter, invertible part
-included) with the host frozen; "full" trains every host parameter (embeddings, decoder and
-all layers) with the adapter switched off. After a warm-up step each, rounds time ``--steps``
+included, unless ``--layers`` / ``--no-invertible`` choose another placement) with the host
+frozen; "full" trains every host parameter (embeddings, decoder and all layers) with the
+adapter switched off. After a warm-up step each, rounds time ``--steps``
 steps of each configuration in a shuffled order; a round in which other processes took more
 than ``--max-other-load`` of the CPUs is recorded but not counted (up to ``--max-rounds``
 rounds). Prints a markdown table (median tokens/s, ratio) with the machine, and writes it with
@@ -39,6 +42,7 @@ from polyglot_adapters.training.language_adapter import (
     load_masked_lm,
     masked_lm_window_loss,
     pack_texts,
+    parse_layers,
 )
 
 
@@ -51,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128, help="tokens per window")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--reduction-factor", type=float, default=16.0)
+    parser.add_argument("--layers", default=None, help="blocks with an adapter, e.g. '6-11' (default: all)")
+    parser.add_argument("--invertible", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds that must count")
     parser.add_argument("--max-rounds", type=int, default=15)
@@ -77,12 +84,15 @@ class Case:
             p.requires_grad_(False)
         for p in self.params:
             p.requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        device = batch["input_ids"].device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = masked_lm_window_loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
 
 def main() -> int:
@@ -97,10 +107,15 @@ def main() -> int:
         print(f"error: {args.lang} has only {len(windows)} windows of {args.max_length} tokens", file=sys.stderr)
         return 1
     batch = MaskedLmCollate(tokenizer)(windows, list(range(args.batch_size)))
+    batch = {key: value.to(args.device) for key, value in batch.items()}
+    model.to(args.device)
     tokens = int(batch["attention_mask"].sum())
 
     am = AdaptedModel(model)
-    am.add_adapter("lang", language_adapter_config(reduction_factor=args.reduction_factor))
+    layers = parse_layers(args.layers) if args.layers is not None else None
+    config = language_adapter_config(reduction_factor=args.reduction_factor, invertible=args.invertible, layers=layers)
+    am.add_adapter("lang", config)
+    am.to(args.device)
     adapter = list(am.adapter_state_dict("lang").values())
     ids = {id(p) for p in adapter}
     host = [p for p in am.parameters() if id(p) not in ids]
@@ -166,8 +181,12 @@ def render(record: dict[str, Any]) -> str:
     m, s = record["machine"], record["settings"]
     lines = [
         f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs, {m['torch_threads']} torch threads, "
-        f"torch {m['torch']}; batch {s['batch_size']} x {s['max_length']} tokens ({record['tokens_per_step']} real), "
-        f"{s['precision']}, {record['rounds_counted']} of {record['rounds_run']} rounds counted.",
+        f"torch {m['torch']}; device {s['device']}"
+        + (f" ({m['cuda']})" if s["device"].startswith("cuda") else "")
+        + "; "
+        f"batch {s['batch_size']} x {s['max_length']} tokens ({record['tokens_per_step']} real), "
+        f"{s['precision']}; adapter in blocks {s['layers'] or 'all'}, invertible {s['invertible']}; "
+        f"{record['rounds_counted']} of {record['rounds_run']} rounds counted.",
         "",
         "| training | trainable parameters | s/step (median) | tokens/s |",
         "|---|---|---|---|",

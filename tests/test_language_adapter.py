@@ -33,6 +33,7 @@ from polyglot_adapters.training.language_adapter import (
     masked_lm_targets,
     non_embedding_parameters,
     pack_texts,
+    parse_layers,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -403,6 +404,36 @@ def test_cli_trains_and_info_reads_the_adapter(checkpoint: Path, tmp_path: Path,
     assert json.loads((out / "report.json").read_text())["train_config"]["steps"] == 3
     code, info, _ = run_cli(capsys, "info", "--json", out / "adapter")
     assert code == 0 and json.loads(info)["config"]["invertible"] is True
+
+
+def test_cli_adapts_chosen_blocks_only(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "top"
+    argv = ["train", "language-adapter", "--lang", "yo", "--model", checkpoint, "--out", out, "--steps", "2"]
+    options = ["--max-length", "32", "--eval-rounds", "1", "--layers", "1", "--no-invertible"]
+    code, _, err = run_cli(capsys, *argv, *options)
+    assert code == 0, err
+    code, info, _ = run_cli(capsys, "info", "--json", out / "adapter")
+    config = json.loads(info)["config"]
+    assert code == 0 and config["layers"] == [1] and config["invertible"] is False
+    for spec, message in {
+        "1-x": "bad layer spec '1-x'",
+        "7": "layers [7] do not exist; the host has 2 blocks",
+    }.items():
+        code, out_text, err = run_cli(
+            capsys, *argv[:-4], "--out", tmp_path / "bad", "--max-length", "32", "--layers", spec
+        )
+        assert code == 1 and out_text == ""
+        one_error_line(err, message)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_parse_layers() -> None:
+    assert parse_layers("6-11") == (6, 7, 8, 9, 10, 11)
+    assert parse_layers("4,0, 2") == (0, 2, 4)
+    assert parse_layers("0,6-7,7") == (0, 6, 7)
+    for spec in ("", "a", "3-1", "1,,2", "-1"):
+        with pytest.raises(ConfigError, match="bad layer spec"):
+            parse_layers(spec)
 
 
 def _env() -> dict[str, str]:

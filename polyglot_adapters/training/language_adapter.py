@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,6 +62,7 @@ __all__ = [
     "masked_lm_window_loss",
     "non_embedding_parameters",
     "pack_texts",
+    "parse_layers",
     "report_lines",
     "train_language_adapter",
 ]
@@ -177,10 +179,38 @@ def check_vocabulary(model: nn.Module, tokenizer: Any, *, source: str | os.PathL
 
 
 def language_adapter_config(
-    *, reduction_factor: float = DEFAULT_REDUCTION_FACTOR, invertible: bool = True
+    *,
+    reduction_factor: float = DEFAULT_REDUCTION_FACTOR,
+    invertible: bool = True,
+    layers: tuple[int, ...] | None = None,
 ) -> BottleneckConfig:
-    """The MAD-X language adapter preset with this project's default size (see :data:`DEFAULT_REDUCTION_FACTOR`)."""
-    return BottleneckConfig.language(reduction_factor=reduction_factor, invertible=invertible)
+    """The MAD-X language adapter preset with this project's default size (see :data:`DEFAULT_REDUCTION_FACTOR`).
+
+    Args:
+        reduction_factor: Hidden size over bottleneck size.
+        invertible: Whether to add the invertible embedding adapter.
+        layers: Block indices that get an adapter, ``None`` for all. Leaving out the lowest
+            blocks (AdapterDrop) and the invertible adapter stops the backward pass at the
+            lowest adapted block, which makes training faster.
+    """
+    config = BottleneckConfig.language(reduction_factor=reduction_factor, invertible=invertible)
+    return config if layers is None else dataclasses.replace(config, layers=layers)
+
+
+def parse_layers(spec: str) -> tuple[int, ...]:
+    """Block indices from a command-line spec: ``"6-11"``, ``"0,2,4"`` or a mix (``"0,6-11"``).
+
+    Raises:
+        ConfigError: On anything else, with the accepted forms.
+    """
+    indices: set[int] = set()
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise ConfigError(f"bad layer spec {spec!r}: use block indices like '6-11', '0,2,4' or '0,6-11'")
+        first = int(match[1])
+        indices.update(range(first, int(match[2] or first) + 1))
+    return tuple(sorted(indices))
 
 
 def non_embedding_parameters(model: AdaptedModel) -> int:
@@ -501,15 +531,15 @@ def train_language_adapter(
     }
     found = find_checkpoint(out / "checkpoint")
     _check_resumable(out, settings, found)
+    with torch.random.fork_rng():  # the adapter's initial values follow the run's seed, not the caller's RNG
+        torch.manual_seed(train_config.seed)
+        am.add_adapter(name, config)  # a config the host cannot take fails here, before anything is written
     if rank == 0 and found is None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / RUN_NAME, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
 
     am.set_active(None)
     before = _evaluate_all(am, held_out) if rank == 0 else {}
-    with torch.random.fork_rng():  # the adapter's initial values follow the run's seed, not the caller's RNG
-        torch.manual_seed(train_config.seed)
-        am.add_adapter(name, config)
     am.set_active(name)
     am.train_adapters(name)
     base_params = non_embedding_parameters(am)
