@@ -11,6 +11,7 @@ from .methods.bottleneck import BottleneckConfig
 from .methods.lora import LoraConfig
 from .methods.sparse_ft import SparseDiff, SparseFTConfig
 from .model import AdaptedModel
+from .pool import AdapterPool
 from .registry import get_method, register_method, registered_methods
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS",
     "AdaptedModel",
+    "AdapterPool",
     "AdapterConfig",
     "Average",
     "BottleneckConfig",

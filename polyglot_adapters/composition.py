@@ -91,11 +91,16 @@ class Gate:
 class Route:
     """Per-row routing: row ``r`` uses ``mapping[ids[r]]``.
 
-    The grouping (a stable sort of ``ids``) is computed once here, not at every site.
+    The grouping (a stable sort of ``ids``) is computed once here, not at every site. Where
+    every group maps to a single adapter, a site runs all rows in one fused per-row pass
+    (gathered kernels, :mod:`polyglot_adapters.kernels.rows`) when its layers support it;
+    otherwise, or with ``fuse=False``, it runs one pass per group.
 
     Attributes:
         ids: ``(B,)`` integer tensor, one group id per row.
         mapping: Group id to the composition used by those rows.
+        fuse: Allow the fused per-row pass (``False``: always one pass per group).
+        group_index: ``(B,)`` int64: each row's position in ``groups``.
     """
 
     ids: torch.Tensor
@@ -103,8 +108,12 @@ class Route:
     order: torch.Tensor
     inverse: torch.Tensor
     groups: tuple[tuple[int, int, int], ...]
+    fuse: bool
+    group_index: torch.Tensor
 
-    def __init__(self, ids: torch.Tensor | Sequence[int], mapping: Mapping[int, Composition]) -> None:
+    def __init__(
+        self, ids: torch.Tensor | Sequence[int], mapping: Mapping[int, Composition], *, fuse: bool = True
+    ) -> None:
         ids = torch.as_tensor(ids)
         if ids.ndim != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise CompositionError(f"Route ids must be a 1-D integer tensor, got shape {tuple(ids.shape)} {ids.dtype}")
@@ -123,6 +132,8 @@ class Route:
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "inverse", inverse)
         object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "fuse", bool(fuse))
+        object.__setattr__(self, "group_index", torch.searchsorted(values, ids))
 
     @property
     def children(self) -> tuple[Composition, ...]:

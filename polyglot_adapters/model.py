@@ -89,6 +89,7 @@ class AdaptedModel(nn.Module):
             if site.tap is not None:
                 self._connect_tap(site, wrapper)
         self._configs[name] = config
+        self._state.version += 1
 
     def _build_layers(self, config: AdapterConfig) -> list[tuple[Site, nn.Module]]:
         """Finds a config's sites and builds its layers (on the current default device).
@@ -119,6 +120,7 @@ class AdaptedModel(nn.Module):
         for wrapper in self._sites.values():
             wrapper.remove_layer(name)
         del self._configs[name]
+        self._state.version += 1
         if self._state.composition is not None and name in adapter_names(self._state.composition):
             self._state.composition = None
 
@@ -278,6 +280,7 @@ class AdaptedModel(nn.Module):
             self._merged.setdefault(wrapper.site.path, []).append(name)
             self._refresh_weight(wrapper)
         self._state.merged.add(name)
+        self._state.version += 1
 
     def unmerge(self, name: str) -> None:
         """Takes a merged adapter back out of the base weights (bit-exact)."""
@@ -289,6 +292,7 @@ class AdaptedModel(nn.Module):
                 names.remove(name)
                 self._refresh_weight(self._sites[path])
         self._state.merged.discard(name)
+        self._state.version += 1
 
     @torch.no_grad()
     def _refresh_weight(self, wrapper: AdaptedLinear) -> None:
@@ -320,6 +324,7 @@ class AdaptedModel(nn.Module):
             parent = self.model.get_submodule(parent_path) if parent_path else self.model
             setattr(parent, child, wrapper.base_layer)
         self._sites.clear()
+        self._state.version += 1
         self._configs.clear()
         self._gates.clear()
         self._state.composition = None

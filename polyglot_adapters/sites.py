@@ -9,6 +9,7 @@ composition is passed explicitly, never through global or thread-local state.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -76,6 +77,44 @@ class AdapterLayer(nn.Module):
         """Returns the dense ``(out, in)`` weight change equal to this layer, or ``None`` if non-linear."""
         return None
 
+    def route_key(self) -> Hashable | None:
+        """Layers of one class with equal keys run together in :meth:`route`; ``None``: never fused."""
+        return None
+
+    @classmethod
+    def route_weights(cls, layers: Sequence[AdapterLayer]) -> tuple[torch.Tensor, ...]:
+        """The layers' tensors stacked along a new leading adapter dimension, for :meth:`route`.
+
+        Differentiable; sites cache the result while gradients are off (inference), keyed by the
+        layers and their parameters' storage and version counters.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def route(
+        cls,
+        layers: Sequence[AdapterLayer],
+        weights: tuple[torch.Tensor, ...],
+        index: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tap: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Applies ``layers[index[b]]`` to row ``b`` of the batch in one pass (``Route``'s fused path).
+
+        Args:
+            layers: Layers of this class with equal :meth:`route_key`.
+            weights: :meth:`route_weights` of ``layers``.
+            index: ``(B,)`` int64 in ``[-1, len(layers))``; rows with ``-1`` keep ``y`` unchanged.
+            x: ``(B, T, in_features)``, batch first.
+            y: ``(B, T, out_features)``.
+            tap: ``(B, T, hidden)`` or ``None``.
+
+        Returns:
+            ``(B, T, out_features)``: what each layer's :meth:`forward` gives for its rows.
+        """
+        raise NotImplementedError
+
 
 class GateLayer(nn.Module):
     """Per-token softmax gate over ``k`` branches, zero-initialised (uniform mixture)."""
@@ -107,11 +146,14 @@ class ActiveState:
         composition: The active composition, or ``None`` for the bare base model.
         merged: Names of adapters folded into base weights (skipped at forward time).
         batch_dim: Batch dimension of activations at the sites.
+        version: Bumped whenever adapters are added, deleted, merged or unmerged (sites cache
+            per-composition plans against it).
     """
 
     composition: Composition | None = None
     merged: set[str] = dataclasses.field(default_factory=set)
     batch_dim: int = 0
+    version: int = 0
 
 
 class _SiteMixin:
@@ -176,9 +218,11 @@ class _SiteMixin:
             for child in node.children:
                 y = self._eval(child, x, y, tap)
             return y
+        dim = self.state.batch_dim
+        if isinstance(node, Route):
+            return self._route(node, x, y, tap, dim)
         if not self.has_any(node):
             return y
-        dim = self.state.batch_dim
         # Both mixtures add weighted branch contributions (f_i - y) to y; with weights summing to
         # 1 this equals the weighted mean of the branch outputs, and absent branches add nothing.
         if isinstance(node, Average):
@@ -200,8 +244,6 @@ class _SiteMixin:
             parts = [t.chunk(k, dim) if t is not None else (None,) * k for t in (x, y, tap)]
             outs = [self._eval(c, xi, yi, ti) for c, xi, yi, ti in zip(node.children, *parts, strict=True)]
             return torch.cat(outs, dim)
-        if isinstance(node, Route):
-            return self._route(node, x, y, tap, dim)
         raise CompositionError(f"cannot evaluate composition node {node!r}")
 
     def _route(
@@ -214,6 +256,11 @@ class _SiteMixin:
             )
         if len(node.groups) == 1:
             return self._eval(node.mapping[node.groups[0][0]], x, y, tap)
+        fused = self._route_fused(node, x, y, tap, dim) if node.fuse else None
+        if fused is not None:
+            return fused
+        if not self.has_any(node):
+            return y
         order = node.order.to(y.device)
         xs, ys = x.index_select(dim, order), y.index_select(dim, order)
         taps = tap.index_select(dim, order) if tap is not None else None
@@ -223,6 +270,100 @@ class _SiteMixin:
             ti = taps.narrow(dim, start, end - start) if taps is not None else None
             outs.append(self._eval(node.mapping[gid], xi, yi, ti))
         return torch.cat(outs, dim).index_select(dim, node.inverse.to(y.device))
+
+    def _route_fused(
+        self, node: Route, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None, dim: int
+    ) -> torch.Tensor | None:
+        """All rows in one pass per kind of layer, or ``None`` where some group cannot be fused here."""
+        plan = self._route_plan(node)
+        if plan is None:
+            return None
+        if not plan:
+            return y
+
+        def batch_first(t: torch.Tensor) -> torch.Tensor:
+            t = t.movedim(dim, 0)
+            return t.reshape(t.shape[0], -1, t.shape[-1])  # (B, T, features)
+
+        xb, yb = batch_first(x), batch_first(y)
+        tb = batch_first(tap) if tap is not None else None
+        for part in plan:
+            yb = part.cls.route(part.layers, part.weights(), part.index(y.device), xb, yb, tb)
+        moved = y.movedim(dim, 0).shape
+        return yb.reshape(moved).movedim(0, dim)
+
+    def _route_plan(self, node: Route) -> list[_FusedPart] | None:
+        """The fused parts of ``node`` at this site: one per kind of layer (class, route key).
+
+        ``None`` when a group with a layer here is not a single fusable adapter; ``[]`` when no group
+        has a layer here. Cached per composition until adapters change (``state.version``), so the
+        Python work of resolving the batch's adapters happens once per site, not at every call.
+        """
+        cached = self.__dict__.get("route_plan")
+        if cached is not None and cached[0] is node and cached[1] == self.state.version:
+            return cached[2]
+        parts: dict[tuple[type, Hashable], list[int]] = {}  # (layer class, route key) -> group positions
+        layers: list[AdapterLayer | None] = []
+        plan: list[_FusedPart] | None = []
+        for gid, _, _ in node.groups:
+            name = node.mapping[gid]
+            layer = None
+            if isinstance(name, str):
+                layer = None if name in self.state.merged else self.layer(name)
+            elif self.has_any(name):
+                plan = None  # a nested composition with layers here: one pass per group
+                break
+            layers.append(layer)
+            if layer is not None:
+                key = layer.route_key()
+                if key is None:
+                    plan = None
+                    break
+                parts.setdefault((type(layer), key), []).append(len(layers) - 1)
+        if plan is not None:
+            for (cls, _), positions in parts.items():
+                lookup = torch.full((len(node.groups),), -1, dtype=torch.long)
+                lookup[positions] = torch.arange(len(positions))
+                plan.append(_FusedPart(cls, [layers[p] for p in positions], lookup[node.group_index]))
+        self.__dict__["route_plan"] = (node, self.state.version, plan)
+        return plan
+
+
+class _FusedPart:
+    """Layers of one kind that a site runs together for a ``Route``, with each row's slot among them.
+
+    Attributes:
+        cls: The layers' class (its :meth:`AdapterLayer.route` runs them).
+        layers: The layers, in slot order.
+        rows: ``(B,)`` int64 on CPU: each row's slot, ``-1`` for rows of other layers.
+    """
+
+    __slots__ = ("_index", "_params", "_weights", "cls", "layers", "rows")
+
+    def __init__(self, cls: type[AdapterLayer], layers: list[AdapterLayer], rows: torch.Tensor) -> None:
+        self.cls, self.layers, self.rows = cls, layers, rows
+        self._params = [p for layer in layers for p in layer.parameters()]
+        self._index: dict[tuple[torch.device, bool], torch.Tensor] = {}
+        self._weights: dict[bool, tuple[Any, tuple[torch.Tensor, ...]]] = {}
+
+    def index(self, device: torch.device) -> torch.Tensor:
+        """``rows`` on ``device``, copied once per device and mode (inference tensors never enter autograd)."""
+        key = (device, torch.is_inference_mode_enabled())
+        if key not in self._index:
+            self._index[key] = self.rows.to(device, copy=True)
+        return self._index[key]
+
+    def weights(self) -> tuple[torch.Tensor, ...]:
+        """The layers' stacked tensors; without gradients, reused until a parameter changes or moves."""
+        if torch.is_grad_enabled():
+            return self.cls.route_weights(self.layers)
+        mode = torch.is_inference_mode_enabled()
+        # In-place updates bump version counters; a device or dtype move gives new storage.
+        stamp = (self._params[0].data_ptr() if self._params else 0, tuple(p._version for p in self._params))
+        hit = self._weights.get(mode)
+        if hit is None or hit[0] != stamp:
+            hit = self._weights[mode] = (stamp, self.cls.route_weights(self.layers))
+        return hit[1]
 
 
 class AdaptedLinear(_SiteMixin, nn.Module):

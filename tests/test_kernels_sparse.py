@@ -79,6 +79,27 @@ def test_sampled_dense_dense_is_the_sampled_weight_gradient(dtype: torch.dtype) 
     torch.testing.assert_close(out.double(), exact, **tol)
 
 
+@pytest.mark.parametrize("k", [40, 12000], ids=["sparse", "dense-blocks"])
+@pytest.mark.parametrize("shuffle", [False, True], ids=["sorted", "unsorted"])
+def test_sparse_kernels_on_their_sparse_and_dense_paths(k: int, shuffle: bool) -> None:
+    # 40 of 54,307 entries take the gathers / sparse product; 12,000 the dense blocks (more than 1/400).
+    shape = (1823, 29) if not shuffle else (301, 181)
+    positions, rows, cols = _entries(shape, k, seed=k)
+    gen = torch.Generator().manual_seed(6)
+    if shuffle:
+        perm = torch.randperm(k, generator=gen)
+        rows, cols = rows[perm], cols[perm]
+    values = torch.randn(k, generator=gen, dtype=torch.float64)
+    x = torch.randn(13, shape[1], generator=gen, dtype=torch.float64)
+    g = torch.randn(13, shape[0], generator=gen, dtype=torch.float64)
+    exact = (g.T @ x)[rows, cols]
+    torch.testing.assert_close(sampled_dense_dense(g, x, rows, cols), exact, rtol=1e-10, atol=1e-10)
+    if not shuffle:  # the sparse product takes row-major sorted entries
+        dense = _dense(shape, positions, values)
+        torch.testing.assert_close(sparse_delta_matmul(x, rows, cols, values, shape), x @ dense.T)
+        torch.testing.assert_close(sparse_delta_matmul(g, rows, cols, values, shape, transpose=True), g @ dense)
+
+
 def test_sparse_linear_gradients_match_finite_differences() -> None:
     shape = (5, 11)
     _, rows, cols = _entries(shape, 17, seed=5)
@@ -108,3 +129,23 @@ def test_global_topk_breaks_ties_towards_earlier_entries() -> None:
     scores = [torch.tensor([1.0, -3.0, 2.0]), torch.tensor([[2.0, -2.0], [0.5, 3.0]])]
     chosen = global_topk(scores, 4)  # |3|, |3|, then two of the four 2s: the earliest ones
     assert [c.tolist() for c in chosen] == [[1, 2], [0, 3]]
+
+
+def test_global_topk_when_most_scores_are_zero() -> None:
+    # The k-th entry falls in the bin of zeros, too large to keep as candidates: a third pass picks them.
+    gen = torch.Generator().manual_seed(8)
+    scores = [torch.zeros(500), torch.zeros(37, 11), torch.zeros(300)]
+    scores[1].view(-1)[torch.randperm(407, generator=gen)[:30]] = torch.randn(30, generator=gen)
+    scores[2][7] = -1e-30
+    chosen = global_topk(scores, 200)
+    assert sum(c.numel() for c in chosen) == 200
+    assert torch.equal(chosen[1], scores[1].view(-1).nonzero().squeeze(1))
+    assert torch.equal(chosen[0], torch.arange(169))  # ties at zero go to the earliest tensor
+    assert torch.equal(chosen[2], torch.tensor([7]))
+
+
+def test_global_topk_refuses_more_entries_than_there_are() -> None:
+    with pytest.raises(ValueError, match="cannot select 8 entries out of 7"):
+        global_topk([torch.ones(3), torch.ones(4)], 8)
+    with pytest.raises(ValueError, match="cannot select -1"):
+        global_topk([torch.ones(3)], -1)

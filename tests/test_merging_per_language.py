@@ -78,7 +78,8 @@ def test_bundle_holds_every_language_and_reloads_exactly(run: Path, ids: torch.T
         ref.set_active(lang)
         with torch.no_grad():
             expected = ref(input_ids=ids[row : row + 1]).logits
-        assert (routed[row : row + 1] - expected).abs().max().item() <= 1e-6
+        # The routed batch runs fused per-row products: same values up to float32 summation order.
+        assert (routed[row : row + 1] - expected).abs().max().item() <= 1e-5
 
 
 def test_bad_logs_and_bundles(run: Path, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from polyglot_adapters.methods.sparse_ft import (
     decode_mask,
     encode_mask,
 )
-from polyglot_adapters.methods.sparse_ft.lt_sft import select_mask, train_lt_sft
+from polyglot_adapters.methods.sparse_ft.lt_sft import select_mask, train_lt_sft, values_in_weights
 from polyglot_adapters.training import TrainConfig
 
 Q0 = "encoder.layer.0.attention.self.query"
@@ -210,6 +210,19 @@ def test_lt_sft_trains_only_the_selected_values_and_leaves_the_base_untouched(tm
     assert_same_state(am.unload(), pristine)
 
 
+def test_lt_sft_refuses_more_entries_than_its_targets_hold_before_training() -> None:
+    data, collate, loss_fn = _mlm_task()
+    host = make_host()
+    pristine = state(host)
+    am = AdaptedModel(host)
+    phase = TrainConfig(steps=1, lr=1e-2, batch_size=4)
+    config = SparseFTConfig(targets=("q",), density=2 * 16 * 16 + 1)  # 2 blocks of 16 x 16 query weights
+    with pytest.raises(ConfigError, match="exceeds the 512 targeted entries"):
+        train_lt_sft(am, "sft", config, data, collate, loss_fn, phase, phase, progress=False)
+    assert not am.adapters
+    assert_same_state(am.unload(), pristine)
+
+
 def test_lt_sft_trains_under_a_composition_over_a_language_adapter() -> None:
     data, collate, loss_fn = _mlm_task()
     am = AdaptedModel(make_host())
@@ -229,6 +242,52 @@ def test_lt_sft_trains_under_a_composition_over_a_language_adapter() -> None:
     # Only the sparse values trained; the language adapter is as it was.
     assert all(torch.equal(v, lang[k]) for k, v in am.adapter_state_dict("lang").items())
     assert any(bool(v.abs().sum()) for v in am.adapter_state_dict("sft").values())
+
+
+def test_values_held_in_the_weights_train_exactly_like_the_sparse_product(ids: torch.Tensor) -> None:
+    mask = {Q0: torch.arange(0, 256, 3), FFN1: torch.arange(5, 512, 7)}
+    models = []
+    for _ in range(2):
+        am = AdaptedModel(make_host().double())
+        am.add_adapter("a", SparseFTConfig(targets=("q", "ffn_out")).with_mask(mask))
+        am.set_active("a")
+        am.train_adapters("a")
+        models.append(am)
+    fused, plain = models
+    pristine = state(fused.model)
+    with values_in_weights(fused, "a") as held:
+        assert held
+        for am in models:
+            opt = torch.optim.AdamW(list(am.trainable_parameters().values()), lr=0.05)
+            for _ in range(3):
+                host_output(am, ids).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+        for a, b in zip(fused.trainable_parameters().values(), plain.trainable_parameters().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+            assert bool(a.abs().sum())
+        with torch.no_grad():
+            torch.testing.assert_close(host_output(fused, ids), host_output(plain, ids), rtol=1e-9, atol=1e-12)
+    # Leaving restores the base weights bit for bit; the adapter then runs as a sparse product again.
+    fused.set_active(None)
+    assert_same_state(fused.model, pristine | {k: v for k, v in state(fused.model).items() if ".adapters." in k})
+    with torch.no_grad():
+        fused.set_active("a")
+        torch.testing.assert_close(host_output(fused, ids), host_output(plain, ids), rtol=1e-9, atol=1e-12)
+
+
+def test_values_stay_out_of_the_weights_where_another_adapter_acts_first() -> None:
+    am = AdaptedModel(make_host())
+    am.add_adapter("lang", BottleneckConfig())
+    am.add_adapter("a", SparseFTConfig(targets=("ffn_out",)).with_mask({FFN1: torch.arange(4)}))
+    am.set_active(Stack("lang", "a"))
+    pristine = state(am.model)
+    with values_in_weights(am, "a") as held:
+        assert not held
+    am.set_active(Stack("a", "lang"))
+    with values_in_weights(am, "a") as held:
+        assert held
+    assert_same_state(am.model, pristine)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])

@@ -15,8 +15,23 @@ from types import ModuleType
 import torch
 
 from .reference import global_topk_ref, sampled_dense_dense_ref, scatter_add_ref, sparse_delta_matmul_ref
+from .reference_rows import (
+    gathered_matmul_grads_ref,
+    gathered_matmul_ref,
+    gathered_sparse_matmul_ref,
+    gathered_sparse_values_grad_ref,
+)
 
-__all__ = ["global_topk", "sampled_dense_dense", "scatter_add_", "sparse_delta_matmul"]
+__all__ = [
+    "gathered_matmul",
+    "gathered_matmul_grads",
+    "gathered_sparse_matmul",
+    "gathered_sparse_values_grad",
+    "global_topk",
+    "sampled_dense_dense",
+    "scatter_add_",
+    "sparse_delta_matmul",
+]
 
 
 @functools.cache
@@ -74,3 +89,72 @@ def sampled_dense_dense(
 def global_topk(scores: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Global top-``k`` magnitudes over several tensors; see :func:`.reference.global_topk_ref`."""
     return global_topk_ref(scores, k)
+
+
+# ---------------------------------------------------------------- per-row (gathered) adapter kernels
+
+
+@functools.cache
+def _triton_rows() -> ModuleType | None:
+    """The per-row Triton kernels module, or ``None`` when Triton is not installed."""
+    try:
+        from . import triton_rows
+    except ImportError:
+        return None
+    return triton_rows
+
+
+def gathered_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each row times its own adapter's weight; see :func:`.reference_rows.gathered_matmul_ref`."""
+    fast = _triton_rows() if x.is_cuda and x.dtype in _FAST_DTYPES else None
+    if fast:
+        return fast.gathered_matmul_triton(x, weight, index, bias=bias, scale=scale, residual=residual)
+    return gathered_matmul_ref(x, weight, index, bias=bias, scale=scale, residual=residual)
+
+
+def gathered_matmul_grads(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    n: int,
+    *,
+    scale: torch.Tensor | None = None,
+    bias: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stacked weight (and bias) gradients of :func:`gathered_matmul`; see ``gathered_matmul_grads_ref``.
+
+    One batched matmul and one ``index_add`` on every device: both are already single kernels.
+    """
+    return gathered_matmul_grads_ref(grad, x, index, n, scale=scale, bias=bias)
+
+
+def gathered_sparse_matmul(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    index: torch.Tensor,
+    n_out: int,
+    *,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each row times its own adapter's sparse matrix; see :func:`.reference_rows.gathered_sparse_matmul_ref`."""
+    fast = _triton_rows() if x.is_cuda and x.dtype in _FAST_DTYPES else None
+    if fast:
+        return fast.gathered_sparse_matmul_triton(x, rows, cols, values, index, n_out, residual=residual)
+    return gathered_sparse_matmul_ref(x, rows, cols, values, index, n_out, residual=residual)
+
+
+def gathered_sparse_values_grad(
+    grad: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """Gradient of the stacked sparse values; see :func:`.reference_rows.gathered_sparse_values_grad_ref`."""
+    return gathered_sparse_values_grad_ref(grad, x, rows, cols, index)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch.nn import functional as F
 from ...config import check
 from ...errors import CompositionError
 from ...interfaces import HostInterface
+from ...kernels.rows import bottleneck_rows, stack_padded
 from ...sites import AdapterLayer, Site, base_linears, unwrap
 from ..targets import selected_blocks
 from .config import BottleneckConfig
@@ -52,6 +54,53 @@ class BottleneckLayer(AdapterLayer):
                 raise CompositionError("parallel bottleneck adapter got no sub-layer input; was the host wrapped?")
             return y + self.scaling * _branch(self, "bn", tap, self.act)
         return y + self.scaling * _branch(self, "bn", y, self.act)
+
+    def route_key(self) -> Hashable:
+        """Bottlenecks fuse when they share the activation and the placement (widths are zero-padded)."""
+        return (self.act, self.parallel)
+
+    @classmethod
+    def route_weights(cls, layers: Sequence[AdapterLayer]) -> tuple[torch.Tensor, ...]:
+        """Stacked down ``(n, m, hidden)``, its bias ``(n, m)``, up ``(n, hidden, m)``, its bias, scalings ``(n,)``."""
+        down = stack_padded([b.bn_down for b in layers])
+        scaling = torch.tensor([b.scaling for b in layers], dtype=torch.float32).to(down.device)
+        return (
+            down,
+            stack_padded([b.bn_down_bias for b in layers]),
+            stack_padded([b.bn_up for b in layers]),
+            stack_padded([b.bn_up_bias for b in layers]),
+            scaling,
+        )
+
+    @classmethod
+    def route(
+        cls,
+        layers: Sequence[AdapterLayer],
+        weights: tuple[torch.Tensor, ...],
+        index: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tap: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Row ``b`` goes through ``layers[index[b]]``, all rows in two gathered products (down, up).
+
+        Args:
+            layers: Bottleneck layers with one activation and placement, possibly of different widths.
+            weights: Their :meth:`route_weights`.
+            index: ``(B,)`` int64 in ``[-1, len(layers))``.
+            x: ``(B, T, hidden)`` (unused: a bottleneck reads ``y`` or the sub-layer input).
+            y: ``(B, T, hidden)`` sub-layer output.
+            tap: ``(B, T, hidden)`` sub-layer input, for parallel placement.
+
+        Returns:
+            ``(B, T, hidden)``.
+        """
+        first = layers[0]
+        if first.parallel and tap is None:
+            raise CompositionError("parallel bottleneck adapter got no sub-layer input; was the host wrapped?")
+        down, down_bias, up, up_bias, scaling = weights
+        src = tap if first.parallel else y
+        return bottleneck_rows(src, y, (down, down_bias), (up, up_bias), scaling, index, _ACT[first.act])
 
 
 class InvertibleCoupling(AdapterLayer):

@@ -159,7 +159,8 @@ class SparseDiff:
             if not param.is_contiguous():
                 raise BaseModelMismatchError(f"sparse diff: parameter {key} is not contiguous")
             targets.append((param, indices.to(param.device, torch.long), values.to(param.device)))
-        saved = [(param, idx, param.detach().view(-1)[idx].clone()) for param, idx, _ in targets]
+        # index_select gathers about twice as fast as advanced indexing on CPU; its result is a copy.
+        saved = [(param, idx, param.detach().view(-1).index_select(0, idx)) for param, idx, _ in targets]
         for param, idx, values in targets:
             scatter_add_(param.data.view(-1), [(idx, values, 1.0)])
         _APPLIED.setdefault(host, []).append((self, saved))

@@ -9,25 +9,27 @@ gradients and AdamW moments exist only for the values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ...composition import Composition, adapter_names
+from ...composition import Composition, Stack, adapter_names
 from ...errors import ConfigError
 from ...kernels import global_topk
 from ...model import AdaptedModel
+from ...sites import AdaptedLinear
 from ...training import TrainConfig, TrainResult, train
 from ...training.loop import Collate, EvalFn, LossFn, SaveFn
 from .config import SparseFTConfig
-from .layer import SparseDeltaLayer
+from .layer import SparseDeltaLayer, SparseValuesLayer
 
-__all__ = ["LTSFTResult", "select_mask", "train_lt_sft"]
+__all__ = ["LTSFTResult", "select_mask", "train_lt_sft", "values_in_weights"]
 
 
 @dataclasses.dataclass
@@ -84,6 +86,50 @@ def select_mask(am: AdaptedModel, name: str) -> SparseFTConfig:
     return config.with_mask({key: idx for (key, _), idx in zip(layers, chosen, strict=True) if idx.numel()})
 
 
+@contextlib.contextmanager
+def values_in_weights(am: AdaptedModel, name: str) -> Iterator[bool]:
+    """Lets the base weights hold a phase-2 adapter's values while training it (the fast path).
+
+    Inside, each forward of a base layer sees ``base + values`` in its weight (rewritten at the
+    positions only when the values changed, e.g. after an optimizer step), so a training step
+    costs the base model's forward and backward plus the sampled gradient of the values, with
+    no sparse product. On exit the weights' original entries are restored bit-exactly. This is
+    exact only where the adapter acts first on every row; under other compositions (a
+    ``Route``, or a ``Stack`` whose earlier adapters share its sites) nothing is bound and the
+    adapter runs as a sparse product. Do not merge, unmerge or apply diffs to the same weights
+    inside (exiting restores the entries as they were on entry).
+
+    Yields:
+        Whether the values are held in the weights.
+    """
+    bound: list[tuple[SparseValuesLayer, AdaptedLinear]] = []
+    for wrapper in am.model.modules():
+        layer = wrapper.layer(name) if isinstance(wrapper, AdaptedLinear) else None
+        if isinstance(layer, SparseValuesLayer):
+            bound.append((layer, wrapper))
+    active = am.active
+    others = set() if active is None else set(adapter_names(active)) - {name}
+    first = active == name or (
+        isinstance(active, Stack)
+        and all(isinstance(child, str) for child in active.children)
+        and (active.children[0] == name or not any(w.layer(o) for _, w in bound for o in others))
+    )
+    if not bound or not first:
+        yield False
+        return
+    handles = []
+    try:
+        for layer, wrapper in bound:
+            layer.bind(wrapper.base_layer.weight)
+            handles.append(wrapper.base_layer.register_forward_pre_hook(lambda _m, _a, layer=layer: layer.sync()))
+        yield True
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, _ in bound:
+            layer.unbind()
+
+
 def _with_l1(loss_fn: LossFn, params: Sequence[nn.Parameter], weight: float) -> LossFn:
     """``loss_fn`` plus ``weight * sum |p|`` over ``params`` (the pull towards the base weights)."""
     if weight == 0:
@@ -133,7 +179,8 @@ def train_lt_sft(
         The phase-2 config and both runs; the adapter is left in phase 2 and active.
 
     Raises:
-        ConfigError: If the config already has a mask or the composition does not name the adapter.
+        ConfigError: If the config already has a mask, its count ``density`` exceeds the targeted
+            entries, or the composition does not name the adapter (nothing is trained or attached).
     """
     if not isinstance(config, SparseFTConfig) or config.mask is not None:
         raise ConfigError("train_lt_sft needs a SparseFTConfig without mask (the mask is what phase 1 selects)")
@@ -142,6 +189,11 @@ def train_lt_sft(
     if name not in adapter_names(active):
         am.delete_adapter(name)
         raise ConfigError(f"the composition {composition!r} does not name the adapter {name!r}")
+    try:  # a K beyond the targeted entries fails now, not after phase 1
+        config.count(sum(layer.sft_delta.numel() for _, layer in _phase1_layers(am, name)))
+    except ConfigError:
+        am.delete_adapter(name)
+        raise
     runs = [None if out_dir is None else Path(out_dir) / phase for phase in ("phase1", "phase2")]
 
     def run(settings: TrainConfig, out: Path | None, save: SaveFn | None) -> TrainResult:
@@ -157,5 +209,7 @@ def train_lt_sft(
     # Phase 2 starts from theta0: the dense difference is dropped, the new values start at zero.
     am.delete_adapter(name)
     am.add_adapter(name, selected)
-    second = run(phase2, runs[1], save_fn)
+    am.set_active(active)
+    with values_in_weights(am, name):
+        second = run(phase2, runs[1], save_fn)
     return LTSFTResult(config=selected, selected=am.num_parameters(name), phase1=first, phase2=second)
