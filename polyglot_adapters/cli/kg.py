@@ -1,4 +1,4 @@
-"""``polyglot-adapters kg``: thin commands over :mod:`polyglot_adapters.kg` (build, stats)."""
+"""``polyglot-adapters kg``: thin commands over :mod:`polyglot_adapters.kg` (build, stats, eval)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,64 @@ def stats_command(name: str, cache_dir: Path | None, languages: str) -> None:
         raise click.BadParameter(f"{languages!r} is not a number or 'all'", param_hint="--languages")
     shown = None if languages == "all" else int(languages)
     click.echo(format_statistics(load_kg(name, cache_dir=cache_dir).statistics(), languages=shown))
+
+
+@kg_group.command("eval")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A train kg-adapters run.")
+@_KG_OPTION
+@click.option("--model", default="default", show_default=True, help="The base the run was trained on.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="[default: RUN/eval]")
+@click.option("--alignment-languages", default=None, help="Alignment targets, comma-separated  [default: 12].")
+@click.option("--link-languages", default=None, help="Link-prediction label languages  [default: 16].")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def eval_command(
+    run_dir: Path,
+    name: str,
+    model: str,
+    out: Path | None,
+    alignment_languages: str | None,
+    link_languages: str | None,
+    split: str,
+    device: str,
+) -> None:
+    """Entity alignment and filtered link prediction per language for a KG-adapter run, beside baselines.
+
+    Writes OUT/results.json, OUT/results.md and OUT/hits_at_1.png (alignment Hits@1 per language).
+    """
+    import json
+
+    from ..io import atomic_write_bytes
+    from ..kg import load_kg
+    from ..kg.adapters import load_kg_run
+    from ..kg.plot import alignment_plot
+    from ..kg.suite import ALIGNMENT_TARGET_LANGUAGES, LINK_LANGUAGES, evaluate_kg_adapters, results_markdown
+    from ..models import load_base
+
+    def codes(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return default if value is None else tuple(c.strip() for c in value.split(",") if c.strip())
+
+    kg = load_kg(name)
+    host, tokenizer = load_base(model)
+    am, report = load_kg_run(host.to(device), run_dir)
+    if report["kg"] != kg.name:
+        raise click.BadParameter(f"the run was trained on {report['kg']!r}, not {kg.name!r}", param_hint="--kg")
+    results = evaluate_kg_adapters(
+        am,
+        tokenizer,
+        kg,
+        report,
+        run_dir=run_dir,
+        alignment_languages=codes(alignment_languages, ALIGNMENT_TARGET_LANGUAGES if name == "cldr" else ()),
+        link_languages=codes(link_languages, LINK_LANGUAGES if name == "cldr" else ("en",)),
+        split=split,
+        log=lambda line: click.echo(line, err=True),
+    )
+    target = out if out is not None else run_dir / "eval"
+    target.mkdir(parents=True, exist_ok=True)
+    lines = results_markdown(results)
+    atomic_write_bytes(target / "results.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(target / "results.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(target / "hits_at_1.png", alignment_plot(results))
+    click.echo("\n".join(lines))
+    click.echo(f"written to {target}")

@@ -144,7 +144,9 @@ def _blocks(value: str | None) -> tuple[int, ...] | None:
     show_default=True,
     help="Run directory.",
 )
-@click.option("--objectives", default="ep,tp,es,ts", show_default=True, help="Adapters to train: ep, tp, es, ts.")
+@click.option(
+    "--objectives", default=None, help="Adapters to train, from ep, tp, es, ts  [default: all four; tp off CLDR]."
+)
 @click.option("--steps", type=click.IntRange(1), default=200, show_default=True, help="Steps per adapter.")
 @click.option("--batch-size", type=click.IntRange(2), default=32, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
@@ -168,7 +170,7 @@ def kg_adapters(
     kg_name: str,
     model: str,
     out: Path,
-    objectives: str,
+    objectives: str | None,
     steps: int,
     batch_size: int,
     lr: float,
@@ -203,8 +205,11 @@ def kg_adapters(
         "triple_languages": triple_languages,
         "sentence_triple_languages": sentence_triple_languages,
     }
+    if kg_name != "cldr":  # PyKEEN's datasets: English entity names only
+        objectives = objectives or "tp"
+        triple_languages = triple_languages or "en"
     settings = KGAdapterSettings(
-        objectives=_languages(objectives),
+        objectives=_languages(objectives or "ep,tp,es,ts"),
         pivot=pivot,
         steps=steps,
         batch_size=batch_size,

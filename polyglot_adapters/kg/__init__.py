@@ -1,7 +1,8 @@
-"""Multilingual knowledge graphs: the CLDR MLKG and PyKEEN's bundled benchmarks as one dataset type."""
+"""Multilingual knowledge graphs: the CLDR MLKG and PyKEEN's bundled benchmarks, KG adapter objectives, evaluation."""
 
 from __future__ import annotations
 
+from .adapters import KGAdapterSettings, kg_composition, load_kg_run, train_kg_adapters
 from .cldr import CLDR_CORE_VERSION, RELATIONS, build_cldr_kg, fetch_cldr_core
 from .datasets import (
     KG_NAMES,
@@ -17,22 +18,45 @@ from .datasets import (
     save_kg,
     split_triples,
 )
+from .evaluate import EncoderScorer, NgramScorer, entity_alignment, link_prediction
+from .ngram import ngram_similarity
+from .objectives import ContrastiveCollate, ContrastiveLoss, alignment_split, entity_examples, triple_examples
+from .scoring import TextKGE
+from .suite import evaluate_kg_adapters
+from .templates import TemplateError
 
 __all__ = [
     "CLDR_CORE_VERSION",
     "KG_NAMES",
     "RELATIONS",
+    "ContrastiveCollate",
+    "ContrastiveLoss",
+    "EncoderScorer",
+    "KGAdapterSettings",
     "KGDataset",
     "KGError",
+    "NgramScorer",
+    "TemplateError",
+    "TextKGE",
     "Triple",
     "UnknownKGError",
+    "alignment_split",
     "build_cldr_kg",
     "build_kg",
+    "entity_alignment",
+    "entity_examples",
+    "evaluate_kg_adapters",
     "fetch_cldr_core",
     "format_statistics",
+    "kg_composition",
+    "link_prediction",
     "load_kg",
     "load_kg_dir",
+    "load_kg_run",
     "load_pykeen",
+    "ngram_similarity",
     "save_kg",
     "split_triples",
+    "train_kg_adapters",
+    "triple_examples",
 ]
