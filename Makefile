@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m polyglot_adapters.data fetch
 	$(BIN)/python -m polyglot_adapters.kg fetch
+	@# The speech recipe synthesises its corpus with espeak-ng (Debian); without it the synthesis tests skip.
+	@command -v espeak-ng >/dev/null || apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+		echo "note: espeak-ng is not installed (apt-get install espeak-ng); speech synthesis tests will skip"
 	rm -rf $(ADAPTERHUB) && $(BIN)/python -m venv $(ADAPTERHUB)
 	@# It sees .venv's packages (torch, numpy, safetensors) through a .pth file; its own transformers shadows ours.
 	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \

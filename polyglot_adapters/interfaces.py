@@ -104,6 +104,25 @@ PRESETS: dict[str, HostInterface] = {
     "xlm-roberta": HostInterface(name="xlm-roberta", model_types=("xlm-roberta",), head="lm_head", **_BERT_LIKE),
     # CodeBERT and other RoBERTa-family code encoders use this preset.
     "roberta": HostInterface(name="roberta", model_types=("roberta",), head="lm_head", **_BERT_LIKE),
+    # polyglot_adapters.asr's streaming Conformer transducer: torchaudio Conformer layers, run batch first.
+    # "ffn" is the block's last feed-forward module (ffn2), so the BERT-style presets (positions=("ffn",)) fit;
+    # "ffn1" is the first (macaron) one. Attention projections are not called as modules and cannot be wrapped.
+    "conformer-transducer": HostInterface(
+        name="conformer-transducer",
+        model_types=("conformer_transducer",),
+        blocks=r"conformer_layers\.\d+",
+        linears={
+            "ffn1_in": "ffn1.sequential.1",
+            "ffn1_out": "ffn1.sequential.4",
+            "ffn_in": "ffn2.sequential.1",
+            "ffn_out": "ffn2.sequential.4",
+        },
+        sublayers={
+            "ffn1": Sublayer(input="ffn1.sequential.1", output="ffn1.sequential.4"),
+            "ffn": Sublayer(input="ffn2.sequential.1", output="ffn2.sequential.4"),
+        },
+        batch_dim=0,
+    ),
 }
 
 

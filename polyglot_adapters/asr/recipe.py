@@ -1,0 +1,452 @@
+"""The speech recipe's steps as functions: corpus, multilingual base, language-dependent adapters, evaluation.
+
+The ``asr/`` scripts and the ``polyglot-adapters asr`` commands call these. Head languages get
+plenty of labelled audio; tail languages a little labelled audio plus unlabelled audio (for
+pseudo-labelling). Every step writes its resolved settings next to its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import load_udhr
+from ..io import atomic_write_bytes
+from ..merging import SavedAdapter, load_bundle, write_bundle
+from ..methods.bottleneck import BottleneckConfig
+from ..model import AdaptedModel
+from ..training import TrainConfig
+from .data import build_speech_corpus, read_manifest
+from .model import conformer_transducer
+from .tokenizer import SpeechTokenizer, train_tokenizer
+from .training import (
+    SpeechExample,
+    evaluate,
+    feature_stats,
+    load_examples,
+    load_feature_pack,
+    load_transducer,
+    pseudo_label,
+    save_feature_pack,
+    save_transducer,
+    train_transducer,
+)
+
+__all__ = [
+    "HEAD_LANGUAGES",
+    "PRESETS",
+    "TAIL_LANGUAGES",
+    "SpeechData",
+    "bundle_language_adapters",
+    "evaluate_languages",
+    "fine_tune_language",
+    "language_adapter_config",
+    "load_corpus",
+    "make_corpus",
+    "train_base",
+    "train_language_adapter",
+]
+
+HEAD_LANGUAGES = ("en", "de", "es", "fr", "fi")
+TAIL_LANGUAGES = ("sw", "om", "tn", "af")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64, num_layers=2, num_heads=2, ffn_dim=128, kernel_size=7, predictor_dim=64, joiner_dim=64
+    ),
+    # About 2.6M parameters (10 MB in float32): small enough to ship and to stream on one CPU thread.
+    "cpu": dict(hidden_size=128, num_layers=6, num_heads=4, ffn_dim=512, predictor_dim=128, joiner_dim=128),
+    "small": {},
+}
+"""Model size presets for :func:`train_base` (keyword arguments of ``conformer_transducer``)."""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+def language_adapter_config(reduction_factor: float = 20.0) -> BottleneckConfig:
+    """A language-dependent adapter: a series bottleneck after every encoder layer's last feed-forward module."""
+    return BottleneckConfig(placement="series", positions=("ffn",), reduction_factor=reduction_factor)
+
+
+def make_corpus(
+    out_dir: str | os.PathLike[str],
+    *,
+    head: Sequence[str] = HEAD_LANGUAGES,
+    tail: Sequence[str] = TAIL_LANGUAGES,
+    head_renditions: int = 3,
+    tail_labelled: int = 40,
+    tail_renditions: int = 2,
+    test_renditions: int = 2,
+    unlabelled: bool = True,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Synthesises ``train``, ``unlabelled`` (tail only), ``valid`` and ``test`` manifests.
+
+    Args:
+        out_dir: Corpus directory.
+        head: Languages with all their training phrases, ``head_renditions`` voices each.
+        tail: Languages with their first ``tail_labelled`` phrases labelled (``tail_renditions``
+            voices each) and the rest unlabelled (one voice).
+        head_renditions: Voices per head phrase.
+        tail_labelled: Labelled phrases per tail language.
+        tail_renditions: Voices per labelled tail phrase.
+        test_renditions: Voices per valid/test phrase.
+        unlabelled: Also synthesise the tail languages' unlabelled audio.
+        seed: Seeds the voices.
+
+    Returns:
+        Manifest paths by name.
+    """
+    out = Path(out_dir)
+    everyone = [*head, *tail]
+    manifests = {
+        "train_head": build_speech_corpus(
+            out, dict.fromkeys(head), split="train", name="train_head", renditions=head_renditions, seed=seed
+        ),
+        "train_tail": build_speech_corpus(
+            out,
+            dict.fromkeys(tail, tail_labelled),
+            split="train",
+            name="train_tail",
+            renditions=tail_renditions,
+            seed=seed,
+        ),
+        "valid": build_speech_corpus(out, dict.fromkeys(everyone, 12), split="valid", renditions=1, seed=seed),
+        "test": build_speech_corpus(
+            out, dict.fromkeys(everyone), split="test", renditions=test_renditions, noise=False, seed=seed
+        ),
+    }
+    if unlabelled:
+        manifests["unlabelled"] = build_speech_corpus(
+            out, dict.fromkeys(tail, (tail_labelled, 10_000)), split="train", name="unlabelled", seed=seed
+        )
+    settings = dict(
+        head=list(head),
+        tail=list(tail),
+        head_renditions=head_renditions,
+        tail_labelled=tail_labelled,
+        tail_renditions=tail_renditions,
+        test_renditions=test_renditions,
+        unlabelled=unlabelled,
+        seed=seed,
+    )
+    counts = {name: len(read_manifest(path)) for name, path in manifests.items()}
+    hours = {name: sum(u.duration for u in read_manifest(path)) / 3600 for name, path in manifests.items()}
+    _write_json(out / "corpus.json", {"settings": settings, "utterances": counts, "hours": hours})
+    return manifests
+
+
+@dataclasses.dataclass
+class SpeechData:
+    """A corpus's featurised splits and its tokenizer.
+
+    Attributes:
+        tokenizer: The multilingual tokenizer.
+        languages: Language codes; an example's ``language`` indexes this list.
+        splits: ``train_head``, ``train_tail``, ``valid``, ``test`` (and ``unlabelled``) examples.
+    """
+
+    tokenizer: SpeechTokenizer
+    languages: list[str]
+    splits: dict[str, list[SpeechExample]]
+
+    def select(self, split: str, language: str | None = None) -> list[SpeechExample]:
+        """A split's examples, optionally of one language."""
+        examples = self.splits.get(split, [])
+        if language is None:
+            return list(examples)
+        index = self.languages.index(language)
+        return [e for e in examples if e.language == index]
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Writes ``tokenizer.model`` and one feature pack per split (``<split>.safetensors``)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(out / "tokenizer.model")
+        for name, examples in self.splits.items():
+            save_feature_pack(examples, out / f"{name}.safetensors", languages=self.languages)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> SpeechData:
+        """Reads :meth:`save` output."""
+        source = Path(directory)
+        tokenizer = SpeechTokenizer.load(source / "tokenizer.model")
+        splits, languages = {}, []
+        for path in sorted(source.glob("*.safetensors")):
+            splits[path.stem], languages = load_feature_pack(path, tokenizer)
+        return cls(tokenizer, languages, splits)
+
+
+def load_corpus(
+    corpus_dir: str | os.PathLike[str],
+    *,
+    languages: Sequence[str] = (*HEAD_LANGUAGES, *TAIL_LANGUAGES),
+    vocab_size: int = 128,
+) -> SpeechData:
+    """Featurises a :func:`make_corpus` directory; the tokenizer learns every language's UDHR training text."""
+    corpus = Path(corpus_dir)
+    udhr = load_udhr()
+    tokenizer = train_tokenizer(
+        [s for lang in languages for s in udhr.texts(lang, "train", unit="sentence")], vocab_size=vocab_size
+    )
+    splits = {
+        path.stem: load_examples(read_manifest(path, languages=languages), tokenizer, languages)
+        for path in sorted(corpus.glob("*.jsonl"))
+    }
+    return SpeechData(tokenizer, list(languages), splits)
+
+
+def train_base(
+    data: SpeechData,
+    out_dir: str | os.PathLike[str],
+    *,
+    preset: str = "cpu",
+    config: TrainConfig | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the multilingual base on all labelled audio; writes ``out_dir/model`` and ``out_dir/report.json``.
+
+    The checkpoint best on the valid set (``valid_loss``) becomes the model.
+    """
+    out = Path(out_dir)
+    train_examples = data.select("train_head") + data.select("train_tail")
+    torch.manual_seed(0)
+    model = conformer_transducer(input_dim=80, num_symbols=data.tokenizer.num_symbols, **PRESETS[preset])
+    model.transcriber.set_feature_stats(*feature_stats(train_examples))
+    model.to(device)
+    config = config or TrainConfig(
+        steps=2000, lr=2e-3, warmup_steps=200, batch_size=16, eval_every=250, save_every=250, best_metric="valid_loss"
+    )
+
+    def save_best(m: torch.nn.Module, directory: Path) -> None:
+        save_transducer(m, data.tokenizer, directory, languages=data.languages, extra={"preset": preset})
+
+    clock = time.perf_counter()
+    result = train_transducer(
+        model,
+        train_examples,
+        data.select("valid"),
+        data.tokenizer,
+        config,
+        out_dir=out / "run",
+        save_fn=save_best,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - clock
+    best = load_transducer(out / "run" / "best")[0] if (out / "run" / "best").exists() else model.cpu()
+    save_transducer(best, data.tokenizer, out / "model", languages=data.languages, extra={"preset": preset})
+    report = {
+        "preset": preset,
+        "device": device,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_utterances": len(train_examples),
+        "train_hours": sum(e.features.shape[0] for e in train_examples) / 360_000,
+        "train_seconds": seconds,
+        "config": config.to_dict(),
+        "best": result.best,
+        "last_loss": result.last_loss,
+    }
+    _write_json(out / "report.json", report)
+    return report
+
+
+def train_language_adapter(
+    model_dir: str | os.PathLike[str],
+    data: SpeechData,
+    language: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    reduction_factor: float = 20.0,
+    config: TrainConfig | None = None,
+    noisy_student: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains one tail language's adapter on its labelled audio, everything else frozen.
+
+    With ``noisy_student``, a second round follows: the base with the first round's adapter
+    labels the language's ``unlabelled`` audio (:func:`pseudo_label`), and the adapter trains on
+    and from there on labelled plus pseudo-labelled audio with SpecAugment (``out_dir/student``).
+
+    Writes ``out_dir/adapter`` (the best on that language's valid set by ``valid_loss``) and
+    ``out_dir/report.json`` (test WER/CER without and with the adapter, adapter size).
+    """
+    out = Path(out_dir)
+    model, tokenizer, _ = load_transducer(model_dir)
+    model.requires_grad_(False).to(device)
+    test = data.select("test", language)
+    am = AdaptedModel(model)
+    before = evaluate(am, test, tokenizer)
+    am.add_adapter(language, language_adapter_config(reduction_factor))
+    am.set_active(language)
+    am.train_adapters(language)
+    config = config or TrainConfig(
+        steps=300, lr=2e-3, warmup_steps=30, batch_size=8, eval_every=50, save_every=50, best_metric="valid_loss"
+    )
+    clock = time.perf_counter()
+    result = train_transducer(
+        am,
+        data.select("train_tail", language),
+        data.select("valid", language),
+        tokenizer,
+        config,
+        out_dir=out / "run",
+        save_fn=lambda m, d: m.save_adapter(language, d),
+        progress=progress,
+    )
+    am.delete_adapter(language)
+    am.load_adapter(out / "run" / "best", name=language)
+    am.set_active(language)
+    pseudo = []
+    if noisy_student:
+        pseudo = pseudo_label(am, data.select("unlabelled", language), tokenizer)
+        am.train_adapters(language)
+        result = train_transducer(
+            am,
+            data.select("train_tail", language) + pseudo,
+            data.select("valid", language),
+            tokenizer,
+            config,
+            out_dir=out / "student",
+            save_fn=lambda m, d: m.save_adapter(language, d),
+            progress=progress,
+        )
+        am.delete_adapter(language)
+        am.load_adapter(out / "student" / "best", name=language)
+        am.set_active(language)
+    seconds = time.perf_counter() - clock
+    am.save_adapter(language, out / "adapter")
+    after = evaluate(am, test, tokenizer)
+    base_parameters = sum(p.numel() for p in model.parameters()) - am.num_parameters(language)
+    report = {
+        "language": language,
+        "device": device,
+        "train_utterances": len(data.select("train_tail", language)),
+        "pseudo_labelled_utterances": len(pseudo),
+        "adapter_parameters": am.num_parameters(language),
+        "adapter_fraction": am.num_parameters(language) / base_parameters,
+        "train_seconds": seconds,
+        "best": result.best,
+        "test_before": before,
+        "test_after": after,
+        "config": config.to_dict(),
+    }
+    _write_json(out / "report.json", report)
+    return report
+
+
+def fine_tune_language(
+    model_dir: str | os.PathLike[str],
+    data: SpeechData,
+    language: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    config: TrainConfig | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The baseline for :func:`train_language_adapter`: fine-tunes the whole model on one language's labelled audio.
+
+    Writes ``out_dir/model`` (best on that language's valid set) and ``out_dir/report.json``.
+    """
+    out = Path(out_dir)
+    model, tokenizer, meta = load_transducer(model_dir)
+    model.to(device)
+    test = data.select("test", language)
+    before = evaluate(model, test, tokenizer)
+    config = config or TrainConfig(
+        steps=300, lr=5e-4, warmup_steps=30, batch_size=8, eval_every=50, save_every=50, best_metric="valid_loss"
+    )
+
+    def save_best(m: torch.nn.Module, directory: Path) -> None:
+        save_transducer(m, tokenizer, directory, languages=meta["languages"])
+
+    clock = time.perf_counter()
+    result = train_transducer(
+        model,
+        data.select("train_tail", language),
+        data.select("valid", language),
+        tokenizer,
+        config,
+        out_dir=out / "run",
+        save_fn=save_best,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - clock
+    best = load_transducer(out / "run" / "best")[0].to(device)
+    save_transducer(best, tokenizer, out / "model", languages=meta["languages"])
+    report = {
+        "language": language,
+        "device": device,
+        "trained_parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": seconds,
+        "best": result.best,
+        "test_before": before,
+        "test_after": evaluate(best, test, tokenizer),
+        "config": config.to_dict(),
+    }
+    _write_json(out / "report.json", report)
+    return report
+
+
+def bundle_language_adapters(lda_dirs: dict[str, str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:
+    """Writes every language's kept adapter (its best checkpoint) into one bundle file.
+
+    Args:
+        lda_dirs: Language to a :func:`train_language_adapter` output directory (its ``adapter``
+            is the checkpoint best on that language's valid set; ``run/best.json`` says which).
+        out_dir: Bundle directory (``bundle.json`` + ``bundle.safetensors``; ``load_bundle`` reads it).
+    """
+    adapters, notes = {}, {}
+    for language, directory in lda_dirs.items():
+        adapters[language] = SavedAdapter.read(Path(directory) / "adapter")
+        best = Path(directory) / "run" / "best.json"
+        if best.is_file():
+            record = json.loads(best.read_text())
+            notes[language] = {"metric": record["metric"], "value": record["value"], "step": record["step"]}
+    return write_bundle(out_dir, adapters, notes)
+
+
+def evaluate_languages(
+    model_dir: str | os.PathLike[str],
+    data: SpeechData,
+    *,
+    adapters: dict[str, str | os.PathLike[str]] | None = None,
+    bundle: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """Per-language loss/WER/CER of the base, and with the language's adapter where one is given.
+
+    Adapters come from ``adapters`` (language to adapter directory) and/or a ``bundle``.
+    """
+    model, tokenizer, _ = load_transducer(model_dir)
+    am = AdaptedModel(model.requires_grad_(False).to(device))
+    for language, directory in (adapters or {}).items():
+        am.load_adapter(directory, name=language)
+    if bundle is not None:
+        load_bundle(am, bundle)
+    adapted = set(am.adapters)
+    out = {}
+    for language in data.languages:
+        examples = data.select(split, language)
+        if not examples:
+            continue
+        am.set_active(None)
+        out[language] = {f"base_{k}": v for k, v in evaluate(am, examples, tokenizer).items()}
+        if language in adapted:
+            am.set_active(language)
+            out[language].update({f"lda_{k}": v for k, v in evaluate(am, examples, tokenizer).items()})
+    return out

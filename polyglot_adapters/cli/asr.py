@@ -1,0 +1,324 @@
+"""``polyglot-adapters asr``: speech data, training, evaluation and streaming decoding (thin over ``asr``)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import click
+
+__all__ = ["asr_group"]
+
+_DATA_OPTION = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Feature directory written by `asr data` (tokenizer.model + <split>.safetensors).",
+)
+_DEVICE_OPTION = click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cuda.")
+
+
+def _adapters(pairs: tuple[str, ...], hint: str = "--adapter") -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        language, sep, directory = pair.partition("=")
+        if not sep or not language or not directory:
+            raise click.BadParameter(f"{pair!r} is not LANG=DIR", param_hint=hint)
+        out[language] = directory
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from ..io import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+
+
+@click.group(name="asr")
+def asr_group() -> None:
+    """Streaming multilingual speech recognition with language-dependent adapters."""
+
+
+@asr_group.command("synth")
+@click.argument("text")
+@click.option("--lang", "language", required=True, help="Language (an espeak-ng voice: sw, am, om, tn, af, en, ...).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="WAV file to write (16 kHz mono).")
+@click.option("--variant", default="", help="Voice variant, e.g. +f2.")
+@click.option("--speed", type=click.IntRange(80, 450), default=160, show_default=True)
+@click.option("--pitch", type=click.IntRange(0, 99), default=50, show_default=True)
+def synth_command(text: str, language: str, out: Path, variant: str, speed: int, pitch: int) -> None:
+    """Speak TEXT with espeak-ng into a 16 kHz WAV (a test input for `asr stream`)."""
+    from ..asr import SAMPLE_RATE, synthesize, write_audio
+
+    wave = synthesize(text, language, variant=variant, speed=speed, pitch=pitch)
+    write_audio(out, wave)
+    click.echo(f"wrote {out} ({wave.numel() / SAMPLE_RATE:.2f} s)")
+
+
+@asr_group.command("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Corpus directory (WAVs + manifests).")
+@click.option("--features", type=click.Path(path_type=Path), default=None, help="[default: OUT/features]")
+@click.option("--head-renditions", type=click.IntRange(1, 20), default=1, show_default=True)
+@click.option("--tail-labelled", type=click.IntRange(1, 10_000), default=40, show_default=True)
+@click.option("--tail-renditions", type=click.IntRange(1, 20), default=2, show_default=True)
+@click.option("--test-renditions", type=click.IntRange(1, 20), default=1, show_default=True)
+@click.option("--unlabelled/--no-unlabelled", default=False, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(8, 8192), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_command(
+    out: Path,
+    features: Path | None,
+    head_renditions: int,
+    tail_labelled: int,
+    tail_renditions: int,
+    test_renditions: int,
+    unlabelled: bool,
+    vocab_size: int,
+    seed: int,
+) -> None:
+    """Synthesise the multilingual corpus (UDHR text, espeak-ng voices) and write its feature packs."""
+    from ..asr.recipe import load_corpus, make_corpus
+
+    make_corpus(
+        out,
+        head_renditions=head_renditions,
+        tail_labelled=tail_labelled,
+        tail_renditions=tail_renditions,
+        test_renditions=test_renditions,
+        unlabelled=unlabelled,
+        seed=seed,
+    )
+    data = load_corpus(out, vocab_size=vocab_size)
+    target = data.save(features or out / "features")
+    sizes = ", ".join(f"{name} {len(examples)}" for name, examples in data.splits.items())
+    click.echo(f"wrote {target} ({sizes} utterances; {data.tokenizer.num_symbols} symbols)")
+
+
+@asr_group.command("train-base")
+@_DATA_OPTION
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--preset", type=click.Choice(["tiny", "cpu", "small"]), default="cpu", show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1, 1_000_000), default=250, show_default=True)
+@_DEVICE_OPTION
+def train_base_command(
+    data_dir: Path, out: Path, preset: str, steps: int, batch_size: int, lr: float, eval_every: int, device: str
+) -> None:
+    """Train the multilingual base transducer on every language's labelled audio (OUT/model, OUT/report.json)."""
+    from ..asr.recipe import SpeechData, train_base
+    from ..training import TrainConfig
+
+    config = TrainConfig(
+        steps=steps,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        batch_size=batch_size,
+        eval_every=eval_every,
+        save_every=eval_every,
+        best_metric="valid_loss",
+    )
+    report = train_base(SpeechData.load(data_dir), out, preset=preset, config=config, device=device)
+    click.echo(json.dumps(report, indent=2, sort_keys=True))
+
+
+@asr_group.command("train-lda")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
+@_DATA_OPTION
+@click.option("--lang", "language", required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--reduction-factor", type=float, default=20.0, show_default=True)
+@click.option("--full", is_flag=True, help="Fine-tune the whole model instead (the baseline for the adapter).")
+@click.option("--noisy-student", is_flag=True, help="Then retrain on pseudo-labelled `unlabelled` audio too.")
+@click.option("--steps", type=click.IntRange(1, 1_000_000), default=300, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--eval-every", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
+@_DEVICE_OPTION
+def train_lda_command(
+    model_dir: Path,
+    data_dir: Path,
+    language: str,
+    out: Path,
+    reduction_factor: float,
+    full: bool,
+    noisy_student: bool,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    eval_every: int,
+    device: str,
+) -> None:
+    """Train one tail language's adapter with the base frozen (OUT/adapter, OUT/report.json).
+
+    With --full, fine-tune the whole model on the same data instead (OUT/model): the baseline.
+    """
+    from ..asr.recipe import SpeechData, fine_tune_language, train_language_adapter
+    from ..training import TrainConfig
+
+    data = SpeechData.load(data_dir)
+    if language not in data.languages:
+        raise click.BadParameter(f"{language!r} is not in the data's languages {data.languages}", param_hint="--lang")
+    config = TrainConfig(
+        steps=steps,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        batch_size=batch_size,
+        eval_every=eval_every,
+        save_every=eval_every,
+        best_metric="valid_loss",
+    )
+    if full:
+        report = fine_tune_language(model_dir, data, language, out, config=config, device=device)
+    else:
+        report = train_language_adapter(
+            model_dir,
+            data,
+            language,
+            out,
+            reduction_factor=reduction_factor,
+            config=config,
+            noisy_student=noisy_student,
+            device=device,
+        )
+    click.echo(json.dumps(report, indent=2, sort_keys=True))
+
+
+@asr_group.command("bundle")
+@click.option("--lda", "ldas", multiple=True, required=True, help="LANG=DIR of `asr train-lda`, repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def bundle_command(ldas: tuple[str, ...], out: Path) -> None:
+    """Merge the languages' adapters (each its best checkpoint) into one bundle file."""
+    from ..asr.recipe import bundle_language_adapters
+
+    click.echo(f"wrote {bundle_language_adapters(_adapters(ldas, '--lda'), out)}")
+
+
+@asr_group.command("evaluate")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
+@_DATA_OPTION
+@click.option("--adapter", "adapters", multiple=True, help="LANG=DIR, repeatable.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="A bundle of adapters (`asr bundle`).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the table as JSON here.")
+@_DEVICE_OPTION
+def evaluate_command(
+    model_dir: Path,
+    data_dir: Path,
+    adapters: tuple[str, ...],
+    bundle: Path | None,
+    split: str,
+    out: Path | None,
+    device: str,
+) -> None:
+    """Per-language WER/CER of the base and, where an adapter is given, with it."""
+    from ..asr.recipe import SpeechData, evaluate_languages
+
+    table = evaluate_languages(
+        model_dir, SpeechData.load(data_dir), adapters=_adapters(adapters), bundle=bundle, split=split, device=device
+    )
+    for language, row in table.items():
+        cells = "  ".join(f"{k} {v:.3f}" for k, v in sorted(row.items()))
+        click.echo(f"{language:<4} {cells}")
+    if out is not None:
+        _write_json(out, table)
+
+
+def _parse_streams(items: tuple[str, ...], language: str | None) -> list[tuple[Path, str]]:
+    streams = []
+    for item in items:
+        path, sep, lang = item.rpartition(":") if ":" in item else (item, "", "")
+        lang = lang if sep else language
+        if not lang:
+            raise click.BadParameter(f"{item!r} has no language: write AUDIO:LANG or pass --lang", param_hint="AUDIO")
+        streams.append((Path(path), lang))
+    return streams
+
+
+@asr_group.command("stream")
+@click.argument("audio", nargs=-1, required=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--lang", "language", default=None, help="Language of every AUDIO without its own :LANG.")
+@click.option("--adapter", "adapters", multiple=True, help="LANG=DIR, repeatable.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="A bundle of adapters (`asr bundle`).")
+@click.option("--chunk-ms", type=click.Choice(["160", "320", "640"]), default="320", show_default=True)
+@click.option("--resample", is_flag=True, help="Resample audio that is not 16 kHz instead of refusing it.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+def stream_command(
+    audio: tuple[str, ...],
+    model_dir: Path,
+    language: str | None,
+    adapters: tuple[str, ...],
+    bundle: Path | None,
+    chunk_ms: str,
+    resample: bool,
+    threads: int,
+) -> None:
+    """Decode AUDIO files (AUDIO or AUDIO:LANG) as concurrent streams in one batch, printing partial results.
+
+    Each stream uses its language's adapter; a language without one falls back to the base model.
+    Prints the final text, the real-time factor and per-chunk compute latency p50/p95.
+    """
+    import torch
+
+    from ..asr import read_audio
+    from ..asr.streaming import Recognizer
+
+    torch.set_num_threads(threads)
+    streams = _parse_streams(audio, language)
+    waves = [read_audio(path, resample=resample) for path, _ in streams]
+    recognizer = Recognizer.load(model_dir, _adapters(adapters), bundle)
+    for path, lang in streams:
+        if lang not in recognizer.languages:
+            click.echo(f"note: no adapter for {lang!r} ({path}); decoding it with the base model")
+    shown = [""] * len(streams)
+
+    def partial(i: int, text: str) -> None:
+        if text != shown[i]:
+            shown[i] = text
+            click.echo(f"[{i}] … {text}")
+
+    clock = time.perf_counter()
+    results = recognizer.stream(waves, [lang for _, lang in streams], chunk_ms=int(chunk_ms), on_partial=partial)
+    wall = time.perf_counter() - clock
+    audio_seconds = max(r.audio_seconds for r in results)
+    chunk = sorted(results[0].chunk_seconds)
+    for i, ((path, lang), result) in enumerate(zip(streams, results, strict=True)):
+        click.echo(f"[{i}] {path} ({lang}, adapter {result.adapter}): {result.text}")
+    p50 = statistics.median(chunk) * 1000
+    p95 = chunk[min(len(chunk) - 1, int(0.95 * len(chunk)))] * 1000
+    click.echo(
+        f"real-time factor {wall / audio_seconds:.3f} ({len(streams)} stream(s), {threads} thread(s)); "
+        f"per-chunk compute p50 {p50:.1f} ms, p95 {p95:.1f} ms for {chunk_ms} ms chunks"
+    )
+
+
+@asr_group.command("transcribe")
+@click.argument("audio", nargs=-1, required=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--lang", "language", default=None, help="Language of every AUDIO without its own :LANG.")
+@click.option("--adapter", "adapters", multiple=True, help="LANG=DIR, repeatable.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="A bundle of adapters (`asr bundle`).")
+@click.option("--resample", is_flag=True, help="Resample audio that is not 16 kHz instead of refusing it.")
+def transcribe_command(
+    audio: tuple[str, ...],
+    model_dir: Path,
+    language: str | None,
+    adapters: tuple[str, ...],
+    bundle: Path | None,
+    resample: bool,
+) -> None:
+    """Offline (whole-utterance) transcripts of AUDIO files (AUDIO or AUDIO:LANG)."""
+    from ..asr import read_audio
+    from ..asr.streaming import Recognizer
+
+    streams = _parse_streams(audio, language)
+    waves = [read_audio(path, resample=resample) for path, _ in streams]
+    recognizer = Recognizer.load(model_dir, _adapters(adapters), bundle)
+    for (path, _), text in zip(streams, recognizer.transcribe(waves, [lang for _, lang in streams]), strict=True):
+        click.echo(f"{path}: {text}")

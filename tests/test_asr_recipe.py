@@ -1,0 +1,111 @@
+"""The speech recipe's steps on a tiny featurised corpus: base, adapter (+ noisy student), baseline, evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from polyglot_adapters.asr import SpeechExample, load_transducer, pseudo_label, train_tokenizer, transducer_loss
+from polyglot_adapters.asr.recipe import (
+    SpeechData,
+    evaluate_languages,
+    fine_tune_language,
+    train_base,
+    train_language_adapter,
+)
+from polyglot_adapters.asr.training import collate_speech, transcribe_features
+from polyglot_adapters.cli.main import main
+from polyglot_adapters.model import AdaptedModel
+from polyglot_adapters.training import TrainConfig
+
+TEXTS = {"de": ["alle menschen", "sind frei"], "sw": ["watu wote", "ni huru"]}
+
+
+def corpus() -> SpeechData:
+    tokenizer = train_tokenizer([t for texts in TEXTS.values() for t in texts] * 3, vocab_size=24)
+    gen = torch.Generator().manual_seed(0)
+    languages = list(TEXTS)
+
+    def split(n: int, only: str | None = None) -> list[SpeechExample]:
+        out = []
+        for i in range(n):
+            lang = only or languages[i % 2]
+            text = TEXTS[lang][i % 2]
+            features = torch.randn(20 + 4 * (i % 3), 80, generator=gen) * 2 - 5
+            out.append(SpeechExample(features, tuple(tokenizer.encode(text)), languages.index(lang), text))
+        return out
+
+    return SpeechData(
+        tokenizer,
+        languages,
+        {
+            "train_head": split(6, "de"),
+            "train_tail": split(4, "sw"),
+            "unlabelled": split(3, "sw"),
+            "valid": split(4),
+            "test": split(4),
+        },
+    )
+
+
+def test_feature_packs_round_trip(tmp_path) -> None:
+    data = corpus()
+    data.save(tmp_path)
+    loaded = SpeechData.load(tmp_path)
+    assert loaded.languages == data.languages and set(loaded.splits) == set(data.splits)
+    for name, examples in data.splits.items():
+        for a, b in zip(examples, loaded.splits[name], strict=True):
+            assert (a.text, a.targets, a.language) == (b.text, b.targets, b.language)
+            assert (a.features - b.features).abs().max() <= 0.0625 + 1e-6  # uint8 steps of 0.125
+
+
+def test_pseudo_labels_are_the_teachers_hypotheses() -> None:
+    data = corpus()
+    torch.manual_seed(0)
+    from polyglot_adapters.asr import conformer_transducer_tiny
+
+    teacher = conformer_transducer_tiny(num_symbols=data.tokenizer.num_symbols).eval()
+    unlabelled = data.select("unlabelled")
+    labelled = pseudo_label(teacher, unlabelled, data.tokenizer)
+    batch = collate_speech(unlabelled, [])
+    expected = [t for t in transcribe_features(teacher, batch["features"], batch["lengths"]) if t]
+    assert [list(e.targets) for e in labelled] == expected and labelled
+    assert all(e.text == data.tokenizer.decode(e.targets) for e in labelled)
+    teacher.train()
+    loss = transducer_loss(teacher, collate_speech(labelled, []))  # the student's loss, with SpecAugment
+    assert torch.isfinite(loss)
+
+
+def test_recipe_steps_end_to_end(tmp_path) -> None:
+    data = corpus()
+    quick = TrainConfig(steps=3, batch_size=2, eval_every=3, save_every=3, best_metric="valid_loss")
+    report = train_base(data, tmp_path / "base", preset="tiny", config=quick, progress=False)
+    assert report["train_utterances"] == 10 and report["best"]["step"] == 3
+    model, tokenizer, meta = load_transducer(tmp_path / "base" / "model")
+    assert meta["languages"] == ["de", "sw"] and tokenizer.num_symbols == model.config.num_symbols
+
+    lda = train_language_adapter(
+        tmp_path / "base" / "model", data, "sw", tmp_path / "lda", config=quick, noisy_student=True, progress=False
+    )
+    assert 0 < lda["adapter_fraction"] < 0.05 and lda["pseudo_labelled_utterances"] <= 3
+    assert (tmp_path / "lda" / "student" / "best").is_dir()
+    assert set(lda["test_before"]) == {"loss", "wer", "cer"}
+    saved = json.loads((tmp_path / "lda" / "report.json").read_text())
+    assert saved["test_after"] == lda["test_after"]
+
+    full = fine_tune_language(tmp_path / "base" / "model", data, "sw", tmp_path / "full", config=quick, progress=False)
+    assert full["trained_parameters"] == sum(p.numel() for p in model.parameters())
+
+    table = evaluate_languages(tmp_path / "base" / "model", data, adapters={"sw": tmp_path / "lda" / "adapter"})
+    assert set(table) == {"de", "sw"} and "lda_wer" in table["sw"] and "lda_wer" not in table["de"]
+    am = AdaptedModel(model)
+    am.load_adapter(tmp_path / "lda" / "adapter", name="sw")  # the adapter fits the saved base
+
+    # One file for every language's best adapter; decoding from it equals decoding from the adapter.
+    assert main(["asr", "bundle", "--lda", f"sw={tmp_path / 'lda'}", "--out", str(tmp_path / "bundle")]) == 0
+    notes = json.loads((tmp_path / "bundle" / "bundle.json").read_text())["adapters"]["sw"]
+    assert notes["step"] == json.loads((tmp_path / "lda" / "run" / "best.json").read_text())["step"]
+    from_bundle = evaluate_languages(tmp_path / "base" / "model", data, bundle=tmp_path / "bundle")
+    assert from_bundle["sw"] == table["sw"] and "lda_wer" not in from_bundle["de"]
+    assert main(["asr", "bundle", "--lda", "sw", "--out", str(tmp_path / "b2")]) != 0
