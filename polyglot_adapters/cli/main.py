@@ -10,6 +10,8 @@ import click
 
 from .. import __version__
 from ..errors import PolyglotAdaptersError
+from .asr import asr_group
+from .code import code_group, ner_adapter_command
 from .kg import kg_group
 from .merge import convert_command, merge_group
 from .train import train
@@ -64,8 +66,11 @@ def demo(out: Path | None, steps: int | None, seed: int, language: str, smoke: b
 
 cli.add_command(train)
 cli.add_command(kg_group)
+cli.add_command(asr_group)
 cli.add_command(merge_group)
 cli.add_command(convert_command)
+cli.add_command(code_group)
+train.add_command(ner_adapter_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,25 @@
+"""Tables for code/RESULTS.md from a run tree, and the labelling throughput on this machine.
+
+Usage:
+    python code/evaluate.py runs/code                 # tables from runs/code/{base,ner,ner-head-only,search/*}
+    python code/evaluate.py --throughput              # MB of source labelled per CPU second (one core)
+    python code/evaluate.py --corpus                  # corpus statistics (files, splits, skipped files)
+
+The tables are read from the ``report.json`` files the other recipes write (nothing is
+recomputed or invented); ``--throughput`` is ``polyglot-adapters code throughput`` and ``--corpus``
+is ``polyglot-adapters code corpus``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from polyglot_adapters.cli.main import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--throughput"]:
+        sys.exit(main(["code", "throughput", *args[1:]]))
+    if args[:1] == ["--corpus"]:
+        sys.exit(main(["code", "corpus", *args[1:]]))
+    sys.exit(main(["code", "report", *args]))
