@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 import torchaudio
 
 from ..errors import PolyglotAdaptersError
+from ..io import atomic_write_bytes
 
 __all__ = ["SAMPLE_RATE", "AudioError", "check_waveform", "read_audio", "write_audio"]
 
@@ -90,20 +91,13 @@ def read_audio(path: str | os.PathLike[str], *, resample: bool = False) -> torch
 
 
 def write_audio(path: str | os.PathLike[str], waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:
-    """Writes a mono 16-bit PCM WAV atomically (temporary file in the same directory, fsync, rename)."""
+    """Writes a mono 16-bit PCM WAV atomically (through :func:`polyglot_adapters.io.atomic_write_bytes`)."""
     import soundfile
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     samples = waveform.detach().to(torch.float32).reshape(-1).clamp(-1, 1).cpu().numpy()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            soundfile.write(handle, samples, sample_rate, subtype="PCM_16", format="WAV")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(target, buffer.getvalue())
     return target
