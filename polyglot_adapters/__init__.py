@@ -9,6 +9,7 @@ from .interfaces import PRESETS, HostInterface, Sublayer
 from .merging import average_checkpoints, load_bundle, merge_adapters, merge_per_language
 from .methods.bottleneck import BottleneckConfig
 from .methods.lora import LoraConfig
+from .methods.p_adapter import PAdapterConfig
 from .methods.sparse_ft import SparseDiff, SparseFTConfig
 from .model import AdaptedModel
 from .pool import AdapterPool
@@ -26,6 +27,7 @@ __all__ = [
     "Gate",
     "HostInterface",
     "LoraConfig",
+    "PAdapterConfig",
     "Parallel",
     "PolyglotAdaptersError",
     "Route",

@@ -8,6 +8,7 @@ from conftest import host_output, make_host, randomize
 
 from polyglot_adapters import AdaptedModel, BottleneckConfig, LoraConfig, get_method, registered_methods
 from polyglot_adapters.errors import NotMergeableError
+from polyglot_adapters.methods.p_adapter import PAdapterConfig
 from polyglot_adapters.methods.sparse_ft import SparseFTConfig
 
 
@@ -46,6 +47,8 @@ EXAMPLES = {
             )
         ),
     ],
+    # Only the rewrite variant is the identity when fresh; the slot variants are tested in test_p_adapter.py.
+    "p_adapter": [PAdapterConfig.rewrite(hidden=8), PAdapterConfig(hidden=3)],
 }
 
 CASES = [(method, i, cfg) for method, cfgs in EXAMPLES.items() for i, cfg in enumerate(cfgs)]

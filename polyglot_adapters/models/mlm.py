@@ -17,8 +17,9 @@ from torch.nn import functional as F
 from transformers import BertForMaskedLM
 
 from ..errors import ConfigError
+from ..sites import AdaptedModule
 
-__all__ = ["decode", "mask_tokens", "masked_lm_loss", "mlm_from_base", "mlm_trainable_names"]
+__all__ = ["decode", "decode_tokens", "mask_tokens", "masked_lm_loss", "mlm_from_base", "mlm_trainable_names"]
 
 
 def mlm_from_base(base: nn.Module, *, retrain_top: int = 2) -> BertForMaskedLM:
@@ -132,3 +133,39 @@ def decode(mlm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         return mlm.cls(hidden.to(mlm.cls.predictions.decoder.weight.dtype))
+
+
+def decode_tokens(mlm: nn.Module, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The head's logits for a subset of the vocabulary only, in the head's dtype (also under autocast).
+
+    Adapters at the head's input (e.g. an inverse invertible adapter) act as in the full head;
+    only the decoder's rows for ``token_ids`` are multiplied, so scoring a few thousand candidate
+    tokens costs a fraction of the 250k-way product.
+
+    Args:
+        mlm: A ``BertForMaskedLM`` or a RoBERTa-family masked LM, possibly with adapters attached.
+        hidden: ``(N, H)`` final hidden states.
+        token_ids: ``(K,)`` int64 vocabulary ids.
+
+    Returns:
+        ``(N, K)`` logits, equal to the full head's logits at ``token_ids``.
+
+    Raises:
+        ConfigError: If the model has no masked-LM head.
+    """
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        if hasattr(mlm, "cls"):  # BERT: cls.predictions = transform + decoder
+            head = mlm.cls.predictions
+        elif hasattr(mlm, "lm_head"):  # RoBERTa / XLM-R: lm_head = dense, gelu, layer_norm + decoder
+            head = mlm.lm_head
+        else:
+            raise ConfigError(f"{type(mlm).__name__} has no masked-LM head (cls or lm_head)")
+        hidden = hidden.to(head.decoder.weight.dtype)
+        if isinstance(head, AdaptedModule):
+            hidden = head.adapt(hidden, hidden, None)
+            head = head.base_layer
+        if hasattr(head, "transform"):
+            transformed = head.transform(hidden)  # (N, H)
+        else:
+            transformed = head.layer_norm(F.gelu(head.dense(hidden)))  # (N, H)
+        return F.linear(transformed, head.decoder.weight[token_ids], head.bias[token_ids])  # (N, K)

@@ -22,17 +22,19 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
+from torch import nn
 from transformers import BertForMaskedLM
 
 from ..errors import BaseModelMismatchError, CorruptArtifactError, MissingArtifactError, SchemaVersionError
 from ..io import atomic_write_bytes, parse_verified
-from .base import BUILD_INFO, default_base, default_base_dir
+from .base import BUILD_INFO, default_base, default_base_dir, load_directory, model_directory
 from .mlm import mlm_from_base, mlm_trainable_names
 
 __all__ = [
     "MLM_SCHEMA",
     "default_mlm",
     "default_mlm_parts",
+    "load_mlm",
     "load_mlm_parts",
     "read_mlm_meta",
     "read_mlm_parts",
@@ -235,3 +237,17 @@ def default_mlm(*, cache_dir: str | os.PathLike[str] | None = None) -> tuple[Ber
     mlm = mlm_from_base(base, retrain_top=meta["retrain_top"])
     load_mlm_parts(mlm, parts)
     return mlm.eval(), tokenizer
+
+
+def load_mlm(path_or_name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
+    """A masked LM and its tokenizer: ``"default"`` for :func:`default_mlm`, or a local transformers directory.
+
+    Raises:
+        BaseModelError: One line naming the path and the fix when the directory is not a loadable
+            masked-LM model with its tokenizer.
+    """
+    if str(path_or_name) == "default":
+        return default_mlm()
+    from transformers import AutoModelForMaskedLM
+
+    return load_directory(model_directory(path_or_name), model_cls=AutoModelForMaskedLM)
