@@ -226,14 +226,13 @@ def run_quickstart(
     Raises:
         ConfigError: If the default directory exists and was not written by a previous quickstart.
     """
-    import json
     import time
 
     from .io import atomic_write_bytes
     from .kg import load_kg
     from .kg.masked import MaskedKGSettings, train_masked_kg_adapter
     from .models import default_mlm
-    from .probing import ProbeSettings, format_table, probe_chart, probe_languages
+    from .probing import ProbeSettings, format_table, json_bytes, probe_chart, probe_languages
 
     if out is None:
         out = Path("out", "quickstart")
@@ -249,7 +248,7 @@ def run_quickstart(
     echo(f"training a knowledge adapter on the KG's training triples for {steps} steps")
     started = time.perf_counter()
     result = train_masked_kg_adapter(
-        mlm, tokenizer, kg, MaskedKGSettings(steps=steps, seed=seed), out_dir=out, name="kg", progress=True
+        mlm, tokenizer, kg, MaskedKGSettings(steps=steps, lr=2e-3, seed=seed), out_dir=out, name="kg", progress=True
     )
     train_seconds = time.perf_counter() - started
     model = result.model.eval()
@@ -258,6 +257,6 @@ def run_quickstart(
     echo(format_table(results, metrics=("p@1", "mrr", "consistency")))
     report = {"before": before, "after": after, "adapter": str(result.adapter_dir), "train_seconds": train_seconds}
     atomic_write_bytes(out / "probe.png", probe_chart(results, title="facts: p@1 and consistency, base vs +kg"))
-    atomic_write_bytes(out / "quickstart.json", (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "quickstart.json", json_bytes(report))
     echo(f"adapter: {result.adapter_dir}  chart: {out / 'probe.png'}  ({train_seconds:.0f} s of training)")
     return report

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel, PreTrainedTokenizerFast
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.errors import ConfigError
@@ -37,11 +37,10 @@ from polyglot_adapters.kg.objectives import (
     triple_examples,
 )
 from polyglot_adapters.kg.plot import alignment_plot
-from polyglot_adapters.kg.scoring import MaskedEntityCollate, TextKGE
+from polyglot_adapters.kg.scoring import TextKGE
 from polyglot_adapters.kg.suite import evaluate_kg_adapters, results_markdown
 from polyglot_adapters.kg.templates import TemplateError, check_templates, verbalise_entity, verbalise_triple
 from polyglot_adapters.training import TrainConfig, train
-from polyglot_adapters.training.language_adapter import masked_lm_window_loss
 
 LANGUAGES = ("en", "sw", "de", "ja")
 
@@ -317,36 +316,6 @@ def test_unknown_pykeen_names_are_one_line_errors(tokenizer: PreTrainedTokenizer
         TextKGE(am, 3, interaction="transx")
     with pytest.raises(ConfigError, match="loss 'hinge2'"):
         TextKGE(am, 3, loss="hinge2")
-
-
-def test_masked_entity_collate_targets_the_object_tokens(
-    cldr_slice: KGDataset, tokenizer: PreTrainedTokenizerFast
-) -> None:
-    examples = triple_examples(cldr_slice, ["en"], pool_size=0)[:6]
-    batch = MaskedEntityCollate(tokenizer)(examples, list(range(6)))
-    for row, ex in enumerate(examples):
-        targets = batch["labels"][row][batch["labels"][row] != -100].tolist()
-        assert targets == tokenizer(ex.positive, add_special_tokens=False)["input_ids"]
-        masked = batch["input_ids"][row][batch["labels"][row] != -100]
-        assert (masked == tokenizer.mask_token_id).all()
-    torch.manual_seed(0)
-    am = AdaptedModel(BertForMaskedLM(tiny_config(len(tokenizer))).eval())
-    am.add_adapter("tp", _ep_config())
-    am.set_active("tp")
-    am.train_adapters("tp")
-    with torch.no_grad():
-        start = float(masked_lm_window_loss(am, batch))
-    train(
-        am,
-        examples,
-        MaskedEntityCollate(tokenizer),
-        masked_lm_window_loss,
-        TrainConfig(steps=20, lr=1e-2, batch_size=6),
-        progress=False,
-    )
-    am.eval()
-    with torch.no_grad():
-        assert float(masked_lm_window_loss(am, batch)) < start
 
 
 # ---------------------------------------------------------------- whole runs

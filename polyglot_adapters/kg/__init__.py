@@ -19,6 +19,7 @@ from .datasets import (
     split_triples,
 )
 from .evaluate import EncoderScorer, NgramScorer, entity_alignment, link_prediction
+from .masked import MaskedKGSettings, masked_entity_examples, train_masked_kg_adapter
 from .ngram import ngram_similarity
 from .objectives import ContrastiveCollate, ContrastiveLoss, alignment_split, entity_examples, triple_examples
 from .scoring import TextKGE
@@ -35,6 +36,7 @@ __all__ = [
     "KGAdapterSettings",
     "KGDataset",
     "KGError",
+    "MaskedKGSettings",
     "NgramScorer",
     "TemplateError",
     "TextKGE",
@@ -54,9 +56,11 @@ __all__ = [
     "load_kg_dir",
     "load_kg_run",
     "load_pykeen",
+    "masked_entity_examples",
     "ngram_similarity",
     "save_kg",
     "split_triples",
     "train_kg_adapters",
+    "train_masked_kg_adapter",
     "triple_examples",
 ]

@@ -1,4 +1,4 @@
-"""Text-encoded KG embedding heads with PyKEEN interactions and losses, and the masked-entity (MLM) variant of TP.
+"""Text-encoded KG embedding heads with PyKEEN interactions and losses.
 
 :class:`TextKGE` scores a triple ``(h, r, t)`` with any PyKEEN interaction picked by name
 (``transe``, ``distmult``, ``rotate``, ...), where the head and tail representations are the
@@ -8,26 +8,22 @@ free parameters. Its loss is any
 PyKEEN loss by name, applied LCWA-style over the batch's candidates (every correct answer labelled
 1), e.g. ``crossentropy``, ``bcewithlogits``, ``softplus``.
 
-The masked-entity variant of TP (:class:`MaskedEntityCollate`) turns a triple into
-``"(subject, relation): <mask> <mask> ..."`` with one mask per token of the object's label and
-trains the masked-LM head's prediction of those tokens
-(:func:`polyglot_adapters.training.language_adapter.masked_lm_window_loss`).
+The masked-entity variant of TP, for a masked-LM host, is :mod:`polyglot_adapters.kg.masked`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .encode import DEFAULT_MAX_LENGTH, pooled
-from .objectives import ContrastiveExample
+from .encode import pooled
 
-__all__ = ["MaskedEntityCollate", "TextKGE", "kge_interaction", "kge_loss"]
+__all__ = ["TextKGE", "kge_interaction", "kge_loss"]
 
 
 def _pykeen() -> None:
@@ -135,48 +131,3 @@ class TextKGE(nn.Module):
             raise ConfigError("a KGE head needs triple examples with relation indices (triple_examples)")
         scores = self(batch)
         return self.loss.process_lcwa_scores(scores.float(), batch["answers"].float())
-
-
-class MaskedEntityCollate:
-    """``(examples, seeds) -> batch`` for the masked-entity TP variant on a masked-LM host.
-
-    Each example's query is followed by ``": "`` and one mask token per token of its positive's
-    label; those positions are the targets (every other label is ``-100``). Examples come from
-    :func:`~.objectives.triple_examples` with ``form="phrase"``.
-
-    Args:
-        tokenizer: The masked-LM's tokenizer (it needs a mask token).
-        max_length: Longest row; a longer row is refused rather than cut (its targets would be lost).
-    """
-
-    def __init__(self, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH) -> None:
-        if tokenizer.mask_token_id is None:
-            raise ConfigError("the tokenizer has no mask token; the masked-entity objective needs one")
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, examples: Sequence[ContrastiveExample], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Returns ``input_ids``, ``attention_mask`` and ``labels``, each ``(B, T)``."""
-        tok = self.tokenizer
-        bos = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
-        eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        rows = []
-        for ex in examples:
-            context = tok(f"{ex.query}:", add_special_tokens=False, verbose=False)["input_ids"]
-            target = tok(ex.positive, add_special_tokens=False, verbose=False)["input_ids"]
-            if not target:
-                raise ConfigError(f"label {ex.positive!r} tokenizes to nothing")
-            ids = [bos, *context, *[tok.mask_token_id] * len(target), eos]
-            if len(ids) > self.max_length:
-                raise ConfigError(f"{ex.query!r} -> {ex.positive!r} needs {len(ids)} tokens > max_length")
-            labels = [-100] * (1 + len(context)) + target + [-100]
-            rows.append((ids, labels))
-        length = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)  # (B, T)
-        labels = torch.full((len(rows), length), -100, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, (ids, targets) in enumerate(rows):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, : len(ids)] = torch.tensor(targets)
-            mask[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

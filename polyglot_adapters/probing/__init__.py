@@ -18,7 +18,7 @@ from .engine import CandidateTable, Query, build_queries, candidate_table, score
 from .facts import Fact, ProbeError, candidate_sets, check_relations, known_objects, probe_facts
 from .metrics import METRICS, bootstrap_macro, fact_metrics, summarise
 from .p_adapters import PAdapterSettings, fact_split, prompt_examples, train_p_adapter
-from .probe import PROMPT_SETS, ProbeSettings, format_table, probe_chart, probe_language, probe_languages
+from .probe import PROMPT_SETS, ProbeSettings, format_table, json_bytes, probe_chart, probe_language, probe_languages
 from .run import COMPOSITIONS, compose, probe_run
 from .templates import (
     KINDS,
@@ -53,6 +53,7 @@ __all__ = [
     "fact_metrics",
     "fact_split",
     "format_table",
+    "json_bytes",
     "known_objects",
     "load_templates",
     "parse_template",

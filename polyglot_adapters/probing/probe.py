@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -31,7 +32,15 @@ from .facts import Fact, ProbeError, candidate_sets, check_relations, known_obje
 from .metrics import METRICS, fact_metrics, summarise
 from .templates import TEMPLATE_SET, load_templates
 
-__all__ = ["PROMPT_SETS", "ProbeSettings", "format_table", "probe_chart", "probe_language", "probe_languages"]
+__all__ = [
+    "PROMPT_SETS",
+    "ProbeSettings",
+    "format_table",
+    "json_bytes",
+    "probe_chart",
+    "probe_language",
+    "probe_languages",
+]
 
 PROMPT_SETS: Mapping[str, tuple[str, ...]] = {
     "natural": ("natural",),
@@ -224,3 +233,18 @@ def probe_chart(results: Mapping[str, Mapping[str, Mapping[str, Any]]], *, title
                 per[lang]["metrics"][metric]["value"] if lang in per else float("nan") for lang in languages
             ]
     return bar_chart_png(languages, series, title=title or "probing: p@1 and consistency (%)")
+
+
+def json_bytes(report: Any) -> bytes:
+    """``report`` as indented JSON with undefined metrics (NaN, e.g. consistency of one template) as ``null``."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    return (json.dumps(clean(report), indent=1, allow_nan=False) + "\n").encode()

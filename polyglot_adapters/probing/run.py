@@ -11,7 +11,6 @@ for another base, a missing gate.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..methods.p_adapter import prompt_slots
 from ..model import AdaptedModel
 from ..models import load_mlm
 from .facts import ProbeError, check_relations
-from .probe import ProbeSettings, format_table, probe_chart, probe_languages
+from .probe import ProbeSettings, format_table, json_bytes, probe_chart, probe_languages
 from .templates import load_templates
 
 __all__ = ["COMPOSITIONS", "compose", "probe_run"]
@@ -141,7 +140,7 @@ def probe_run(
     if out is not None:
         directory = Path(out)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / "probe.json", (json.dumps(report, indent=1) + "\n").encode())
+        atomic_write_bytes(directory / "probe.json", json_bytes(report))
         atomic_write_bytes(directory / "probe.md", (table + "\n").encode())
         atomic_write_bytes(directory / "probe.png", probe_chart(results))
         echo(f"wrote {directory / 'probe.json'}, {directory / 'probe.md'}, {directory / 'probe.png'}")
