@@ -7,10 +7,13 @@ file is caught before it is parsed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ __all__ = [
     "read_adapter",
     "read_adapter_config",
     "read_meta",
+    "staged_directory",
     "write_adapter",
 ]
 
@@ -69,11 +73,55 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | os.PathLike[str], *, backup: str | None = None) -> Iterator[Path]:
+    """A temporary sibling of ``target`` to fill; on success it replaces ``target`` in two renames.
+
+    Readers see the old directory or the new one, never a mix: the old one is renamed to
+    ``backup`` (a sibling name; default a hidden ``.<name>.old``), the new one into place, the
+    parent directory fsynced after each rename, and only then is the backup removed. A kill between
+    the renames leaves the old directory under ``backup`` (loaders may fall back to it). Temporary
+    siblings left by a killed earlier write are removed first; on an exception the new one is.
+    Files inside should be written with :func:`atomic_write_bytes` (or otherwise fsynced).
+
+    Args:
+        target: The directory to write (its parent is created if missing).
+        backup: Sibling name the previous ``target`` is kept under until the swap is done.
+
+    Yields:
+        The temporary directory.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    old = target.with_name(backup or f".{target.name}.old")
+    if target.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+        _fsync_dir(target.parent)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def fingerprint(host: nn.Module, interface: HostInterface) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertModel,
+    PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
     XLMRobertaConfig,
@@ -39,6 +40,56 @@ HOSTS = {
     "xlm-roberta": lambda: XLMRobertaForMaskedLM(XLMRobertaConfig(**TINY, pad_token_id=1)),
     "roberta": lambda: RobertaForMaskedLM(RobertaConfig(**TINY, pad_token_id=1)),
 }
+
+
+def char_tokenizer(
+    texts: list[str], *, nfc: bool = False, model_max_length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """A character-level WordPiece tokenizer over the characters of ``texts`` (``[CLS] ... [SEP]``, offsets).
+
+    Args:
+        texts: Texts whose characters make the vocabulary.
+        nfc: Normalise input to NFC first.
+        model_max_length: The tokenizer's ``model_max_length`` (transformers' default if ``None``).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    chars = sorted({c for text in texts for c in "".join(text.split())})
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    if nfc:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        **extra,
+    )
+
+
+def text_mlm(vocab_size: int, *, seed: int = 0, positions: int = 256, **overrides: float) -> BertForMaskedLM:
+    """A small random ``BertForMaskedLM`` (hidden 32, 2 layers, no dropout) for tests with real tokenizers."""
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=positions,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForMaskedLM(BertConfig(**(settings | overrides))).eval()
 
 
 def make_host(kind: str = "bert-mlm", seed: int = 0) -> torch.nn.Module:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel, PreTrainedTokenizerFast
+from conftest import char_tokenizer, text_mlm
+from transformers import BertForMaskedLM, BertModel, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.composition import Stack
@@ -80,42 +81,14 @@ def kg() -> KGDataset:
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
     """Character-level WordPiece over every label and template (``[CLS] ... [SEP]`` framing)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
     texts = [label for labels in _LABELS.values() for label in labels]
     texts += [t for table in TRIPLE_TEMPLATES.values() for t in table.values()] + ["; continent currency shares"]
-    chars = sorted({c for text in texts for c in "".join(text.split())})
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    return char_tokenizer(texts)
 
 
 def tiny_mlm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> BertForMaskedLM:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.2,  # logits wide enough for a small adapter to move them
-    )
-    return BertForMaskedLM(config).eval()
+    """A tiny random masked LM whose logits are wide enough for a small adapter to move them."""
+    return text_mlm(len(tokenizer), seed=seed, positions=64, initializer_range=0.2)
 
 
 def _settings(**changes: object) -> MaskedKGSettings:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import char_tokenizer
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel
@@ -68,28 +69,6 @@ def cldr_slice(tmp_path_factory: pytest.TempPathFactory) -> KGDataset:
         kinds={e: kg.kinds[e] for e in keep},
         relations=relations,
         splits=splits,
-    )
-
-
-def char_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """A character-level WordPiece tokenizer over the characters of ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    chars = sorted({c for text in texts for c in "".join(text.split())})
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
     )
 
 

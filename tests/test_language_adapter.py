@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, make_host, randomize
+from conftest import TINY, char_tokenizer, make_host, randomize
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
@@ -43,30 +43,9 @@ SMALL = dict(max_length=MAX_LENGTH, eval_rounds=4)
 
 def tiny_tokenizer():
     """A character-level WordPiece tokenizer for a few languages' UDHR training text (deterministic, milliseconds)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     corpus = load_udhr()
-    chars = sorted(
-        {c for lang in ("sw", "am", "yo") for text in corpus.texts(lang, "train") for c in "".join(text.split())}
-    )
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=MAX_LENGTH,
-    )
+    texts = [text for lang in ("sw", "am", "yo") for text in corpus.texts(lang, "train")]
+    return char_tokenizer(texts, nfc=True, model_max_length=MAX_LENGTH)
 
 
 def tiny_mlm(vocab_size: int, seed: int = 0) -> BertForMaskedLM:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import char_tokenizer, text_mlm
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel, Average, Gate, Stack
@@ -78,28 +79,6 @@ def kg(tmp_path_factory: pytest.TempPathFactory) -> KGDataset:
     )
 
 
-def char_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """A character-level WordPiece tokenizer over the characters of ``texts`` (with offsets)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-
-    chars = sorted({c for text in texts for c in "".join(text.split())})
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
-    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-
-
 @pytest.fixture(scope="module")
 def tokenizer(kg: KGDataset) -> PreTrainedTokenizerFast:
     texts = [label for labels in kg.entities.values() for label in labels.values()]
@@ -108,18 +87,7 @@ def tokenizer(kg: KGDataset) -> PreTrainedTokenizerFast:
 
 
 def tiny_mlm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> BertForMaskedLM:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForMaskedLM(config).eval()
+    return text_mlm(len(tokenizer), seed=seed)
 
 
 # ------------------------------------------------------------------- tokenisation

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, staged_directory
 from ..model import AdaptedModel
 from ..training.config import TrainConfig
 from ..training.language_adapter import (
@@ -288,18 +286,6 @@ def _read_state(directory: Path) -> dict[str, torch.Tensor]:
 
 def _save_pretrained(model: nn.Module, tokenizer: Any, directory: str | os.PathLike[str]) -> None:
     """``save_pretrained`` of model and tokenizer into a temporary sibling, then swapped in (never half-written)."""
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_directory(directory) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

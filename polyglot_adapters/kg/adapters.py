@@ -32,6 +32,7 @@ from ..io import atomic_write_bytes, check_fingerprint, read_adapter, write_adap
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training import TrainConfig, train
+from ..training.checkpoint import check_run_record
 from .datasets import KGDataset, KGError
 from .objectives import (
     OBJECTIVES,
@@ -228,7 +229,7 @@ def train_kg_adapters(
         "precision": precision,
         "examples": {o: len(e) for o, e in examples.items()},
     }
-    _check_run(out, record)
+    check_run_record(out, record, "KG-adapter run")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "run.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     language = None
@@ -304,23 +305,6 @@ def _summary(log: Path, last: float, seconds: float, resumed_from: int) -> dict[
         "seconds": seconds,
         "resumed_from": resumed_from,
     }
-
-
-def _check_run(out: Path, record: dict[str, Any]) -> None:
-    """Refuses a run directory whose ``run.json`` records other settings.
-
-    Raises:
-        ConfigError: Naming the directory and what to do.
-    """
-    path = out / "run.json"
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{path}: unreadable ({err}); delete the run directory to start over") from None
-    if saved != json.loads(json.dumps(record)):
-        raise ConfigError(f"{out}: holds a KG-adapter run with other settings; pass another --out or delete it")
 
 
 def save_gate(model: AdaptedModel, children: Sequence[str], directory: str | os.PathLike[str]) -> Path:

@@ -46,6 +46,7 @@ from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..models.mlm import masked_lm_loss
 from ..training import TrainConfig, train
+from ..training.checkpoint import check_run_record
 from ..training.language_adapter import non_embedding_parameters
 from .adapters import HELD_OUT_LANGUAGES
 from .cloze import split_by_spans
@@ -438,7 +439,7 @@ def train_masked_kg_adapter(
         "base": am.base_fingerprint,
     }
     out = Path(out_dir)
-    _check_run(out, record)
+    check_run_record(out, record, "masked KG-adapter run")
     if base_adapters is not None:
         am.load_adapter(base_adapters, name=BASE_ADAPTER_NAME)
     with torch.random.fork_rng():  # the adapter's initial values follow the run's seed, not the caller's RNG
@@ -491,20 +492,3 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
-
-
-def _check_run(out: Path, record: dict[str, Any]) -> None:
-    """Refuses a run directory whose ``run.json`` records another run.
-
-    Raises:
-        ConfigError: Naming the directory and what to do.
-    """
-    path = out / "run.json"
-    if not path.is_file():
-        return
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{path}: unreadable ({err}); delete the run directory to start over") from None
-    if saved != json.loads(json.dumps(record)):
-        raise ConfigError(f"{out}: holds a masked KG-adapter run with other settings; pass another --out or delete it")

@@ -13,23 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
 
-from ..errors import CorruptArtifactError
-from ..io import atomic_write_bytes, parse_verified
+from ..errors import ConfigError, CorruptArtifactError
+from ..io import atomic_write_bytes, parse_verified, staged_directory
 
-__all__ = ["CHECKPOINT_SCHEMA", "find_checkpoint", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_SCHEMA", "check_run_record", "find_checkpoint", "read_checkpoint", "write_checkpoint"]
 
 CHECKPOINT_SCHEMA = "polyglot-adapters/train-checkpoint"
 _STATE, _META = "state.safetensors", "state.json"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def write_checkpoint(
@@ -43,28 +39,11 @@ def write_checkpoint(
         meta: JSON-ready fields stored next to the schema tag and the tensor file's checksum.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f".{directory.name}.tmp-*"):  # left by a killed write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with staged_directory(directory, backup=f"{directory.name}.old") as tmp:
         blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
         atomic_write_bytes(tmp / _STATE, blob)
         doc = {"schema": CHECKPOINT_SCHEMA, "version": 1, **meta, "state_sha256": hashlib.sha256(blob).hexdigest()}
         atomic_write_bytes(tmp / _META, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
-    old = directory.with_name(f"{directory.name}.old")
-    if directory.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-        _fsync_dir(directory.parent)
-    os.replace(tmp, directory)
-    _fsync_dir(directory.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def find_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
@@ -96,9 +75,23 @@ def read_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.
     return parse_verified(directory / _STATE, blob, str(doc.get("state_sha256"))), doc
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def check_run_record(out: Path, record: dict[str, Any], what: str) -> None:
+    """Refuses a run directory whose ``run.json`` records another run (resuming it would mix two runs).
+
+    Args:
+        out: The run directory.
+        record: What this run would write to ``run.json`` (JSON-ready).
+        what: The kind of run, for the message (e.g. ``"KG-adapter run"``).
+
+    Raises:
+        ConfigError: Naming the directory and what to do.
+    """
+    path = out / "run.json"
+    if not path.is_file():
+        return
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); delete the run directory to start over") from None
+    if saved != json.loads(json.dumps(record)):
+        raise ConfigError(f"{out}: holds a {what} with other settings; pass another --out or delete it")
