@@ -363,9 +363,15 @@ def test_demo_refuses_a_directory_it_did_not_write(tmp_path: Path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out" / "demo" / "sw").mkdir(parents=True)
     (tmp_path / "out" / "demo" / "sw" / "notes.txt").write_text("mine")
-    code, out, err = run_cli(capsys, "demo")
+    code, out, err = run_cli(capsys, "demo", "--lang", "sw")
     assert code == 1
     one_error_line(err, "out/demo/sw: exists and was not written by the demo")
+    (tmp_path / "out" / "quickstart").mkdir(parents=True)
+    (tmp_path / "out" / "quickstart" / "notes.txt").write_text("mine")
+    code, out, err = run_cli(capsys, "demo")  # the quickstart refuses before loading anything
+    assert code == 1
+    one_error_line(err, "out/quickstart: exists and was not written by the quickstart")
+    assert (tmp_path / "out" / "quickstart" / "notes.txt").read_text() == "mine"
     code, out, err = run_cli(capsys, "demo", "--lang", "xx")
     assert code == 1
     one_error_line(err, "did you mean xh (Xhosa)")
