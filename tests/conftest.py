@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,6 +91,19 @@ def text_mlm(vocab_size: int, *, seed: int = 0, positions: int = 256, **override
         attention_probs_dropout_prob=0.0,
     )
     return BertForMaskedLM(BertConfig(**(settings | overrides))).eval()
+
+
+def saved_language_adapter(host: torch.nn.Module, directory: Path) -> dict[str, torch.Tensor]:
+    """Saves a randomised (non-identity) small language adapter of ``host``'s architecture; returns its tensors."""
+    from polyglot_adapters import AdaptedModel, BottleneckConfig
+
+    am = AdaptedModel(host)
+    am.add_adapter("sw", BottleneckConfig.language(invertible=False, reduction_factor=4))
+    with torch.no_grad():
+        for p in am.adapter_state_dict("sw").values():
+            p.normal_(0, 0.1)
+    am.save_adapter("sw", directory)
+    return {k: v.clone() for k, v in am.adapter_state_dict("sw").items()}
 
 
 def make_host(kind: str = "bert-mlm", seed: int = 0) -> torch.nn.Module:

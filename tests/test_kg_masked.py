@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import char_tokenizer, text_mlm
+from conftest import char_tokenizer, saved_language_adapter, text_mlm
 from transformers import BertForMaskedLM, BertModel, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel
@@ -29,7 +29,6 @@ from polyglot_adapters.kg.masked import (
     train_masked_kg_adapter,
 )
 from polyglot_adapters.kg.templates import TRIPLE_TEMPLATES, verbalise_triple
-from polyglot_adapters.methods.bottleneck import BottleneckConfig
 
 _LANGS = ("en", "de", "fr", "es", "ru", "zh", "ja", "ar", "hi", "sw", "yo")
 _LABELS = {  # en de fr es ru zh ja ar hi sw yo
@@ -253,13 +252,7 @@ def test_training_lowers_the_loss_changes_only_the_adapter_writes_the_run_and_re
 def test_the_knowledge_adapter_stacks_on_a_frozen_language_adapter(
     kg: KGDataset, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
 ) -> None:
-    host = AdaptedModel(tiny_mlm(tokenizer))
-    host.add_adapter("sw", BottleneckConfig.language(invertible=False, reduction_factor=4))
-    with torch.no_grad():
-        for p in host.adapter_state_dict("sw").values():
-            p.normal_(0, 0.1)
-    host.save_adapter("sw", tmp_path / "sw")
-    saved = {k: v.clone() for k, v in host.adapter_state_dict("sw").items()}
+    saved = saved_language_adapter(tiny_mlm(tokenizer), tmp_path / "sw")
     result = train_masked_kg_adapter(
         tiny_mlm(tokenizer),
         tokenizer,

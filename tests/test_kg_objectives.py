@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import char_tokenizer
+from conftest import char_tokenizer, saved_language_adapter
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel
@@ -377,15 +377,8 @@ def test_kg_adapters_stack_on_a_frozen_language_adapter(
 ) -> None:
     from polyglot_adapters.composition import Stack
     from polyglot_adapters.kg.adapters import kg_composition
-    from polyglot_adapters.methods.bottleneck import BottleneckConfig
 
-    host = AdaptedModel(tiny_encoder(tokenizer))
-    host.add_adapter("sw", BottleneckConfig.language(invertible=False, reduction_factor=4))
-    with torch.no_grad():
-        for p in host.adapter_state_dict("sw").values():
-            p.normal_(0, 0.1)
-    host.save_adapter("sw", tmp_path / "sw")
-    saved = {k: v.clone() for k, v in host.adapter_state_dict("sw").items()}
+    saved = saved_language_adapter(tiny_encoder(tokenizer), tmp_path / "sw")
     settings = KGAdapterSettings(objectives=("tp",), triple_languages=("sw",), steps=3, batch_size=8)
     result = train_kg_adapters(
         tiny_encoder(tokenizer),
