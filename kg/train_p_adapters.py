@@ -33,6 +33,7 @@ from polyglot_adapters.models import default_mlm
 from polyglot_adapters.probing import (
     PAdapterSettings,
     ProbeSettings,
+    cap_per_relation,
     fact_split,
     json_bytes,
     probe_facts,
@@ -71,13 +72,7 @@ def held_out_facts(kg, language: str, settings: PAdapterSettings, per_relation: 
     """The P-Adapter's held-out facts in ``language`` (its split of the KG's training triples), capped per relation."""
     facts = probe_facts(kg, language, list(kg.relations), splits=("train",))
     _, held_out = fact_split(facts, settings.held_out_fraction, settings.seed)
-    seen: dict[str, int] = {}
-    kept = []
-    for fact in held_out:
-        if seen.get(fact.relation, 0) < per_relation:
-            kept.append(fact)
-            seen[fact.relation] = seen.get(fact.relation, 0) + 1
-    return kept
+    return cap_per_relation(held_out, per_relation)
 
 
 def summary_row(system: str, results: dict[str, Any], languages: list[str]) -> str:

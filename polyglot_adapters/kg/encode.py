@@ -19,7 +19,15 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..model import AdaptedModel
 
-__all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_PREFIX", "backbone", "encode_texts", "pooled", "tokenize_texts"]
+__all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "DEFAULT_PREFIX",
+    "backbone",
+    "encode_texts",
+    "frame_ids",
+    "pooled",
+    "tokenize_texts",
+]
 
 DEFAULT_PREFIX = "query: "
 """e5 was trained with ``query: `` for symmetric tasks; labels and verbalised facts are symmetric."""
@@ -27,8 +35,12 @@ DEFAULT_MAX_LENGTH = 64
 """Tokens per text including ``<s>`` and ``</s>``; KG labels and templates are far shorter."""
 
 
-def _frame_ids(tokenizer: Any) -> tuple[int, int, int]:
-    """``(bos, eos, pad)`` ids: ``<s>``/``</s>`` (XLM-R style) or ``[CLS]``/``[SEP]`` (BERT style)."""
+def frame_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """``(bos, eos, pad)`` ids: ``<s>``/``</s>`` (XLM-R) or ``[CLS]``/``[SEP]`` (BERT); pad defaults to eos.
+
+    Raises:
+        ConfigError: If the tokenizer has neither pair.
+    """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         bos, eos = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -59,7 +71,7 @@ def tokenize_texts(
         raise ConfigError("no texts to tokenize")
     if not isinstance(max_length, int) or max_length < 3:
         raise ConfigError(f"max_length must be an integer >= 3, got {max_length!r}")
-    bos, eos, pad = _frame_ids(tokenizer)
+    bos, eos, pad = frame_ids(tokenizer)
     content = tokenizer([prefix + t for t in texts], add_special_tokens=False, verbose=False)["input_ids"]
     rows = [[bos, *ids[: max_length - 2], eos] for ids in content]
     length = max(len(r) for r in rows)

@@ -51,6 +51,7 @@ from ..training.language_adapter import non_embedding_parameters
 from .adapters import HELD_OUT_LANGUAGES
 from .cloze import split_by_spans
 from .datasets import KGDataset, KGError
+from .encode import frame_ids
 from .templates import TEMPLATE_SET, check_templates, verbalise_triple
 
 __all__ = [
@@ -169,15 +170,10 @@ def masked_entity_examples(
 
 
 def _framing(tokenizer: Any) -> tuple[int, int, int, int]:
-    """``(bos, eos, pad, mask)`` ids: CLS/SEP where the tokenizer has them, else BOS/EOS; pad falls back to EOS."""
-    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    if bos is None or eos is None:
-        raise ConfigError("the tokenizer needs a CLS (or BOS) and a SEP (or EOS) token to frame examples")
+    """``(bos, eos, pad, mask)`` ids (see :func:`.encode.frame_ids`)."""
     if tokenizer.mask_token_id is None:
         raise ConfigError("the tokenizer has no mask token; the masked-entity objective needs one")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return bos, eos, pad, tokenizer.mask_token_id
+    return (*frame_ids(tokenizer), tokenizer.mask_token_id)
 
 
 class MaskedEntityCollate:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from .engine import CandidateTable, Query, build_queries, candidate_table, score_naive, score_queries
 from .facts import Fact, ProbeError, candidate_sets, check_relations, known_objects, probe_facts
 from .metrics import METRICS, bootstrap_macro, fact_metrics, summarise
-from .p_adapters import PAdapterSettings, fact_split, prompt_examples, train_p_adapter
+from .p_adapters import PAdapterSettings, cap_per_relation, fact_split, prompt_examples, train_p_adapter
 from .probe import PROMPT_SETS, ProbeSettings, format_table, json_bytes, probe_chart, probe_language, probe_languages
 from .run import COMPOSITIONS, compose, probe_run
 from .templates import (
@@ -47,6 +47,7 @@ __all__ = [
     "bootstrap_macro",
     "build_queries",
     "candidate_sets",
+    "cap_per_relation",
     "candidate_table",
     "check_relations",
     "compose",

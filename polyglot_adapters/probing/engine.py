@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..kg.cloze import split_by_spans
-from ..kg.encode import backbone
+from ..kg.encode import backbone, frame_ids
 from ..methods.p_adapter import p_adapter_layers, prompt_inputs
 from ..model import AdaptedModel
 from ..models.mlm import decode_tokens
@@ -43,10 +43,10 @@ __all__ = [
     "Query",
     "build_queries",
     "candidate_table",
-    "frame_ids",
     "encode_rows",
     "head_host",
     "pad_rows",
+    "probe_frame",
     "query_row",
     "score_naive",
     "score_queries",
@@ -180,17 +180,15 @@ def build_queries(
     return queries, tables
 
 
-def frame_ids(tokenizer: Any) -> tuple[int, int, int, int, int]:
-    """``(first, last, pad, mask, slot)`` token ids.
+def probe_frame(tokenizer: Any) -> tuple[int, int, int, int, int]:
+    """``(first, last, pad, mask, slot)`` token ids of probe rows (frame from :func:`~..kg.encode.frame_ids`).
 
     Raises:
-        ProbeError: If the tokenizer lacks frame or mask tokens.
+        ProbeError: If the tokenizer has no mask token (or no frame tokens: ``ConfigError``).
     """
-    first = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    last = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    if first is None or last is None or tokenizer.mask_token_id is None:
-        raise ProbeError("the tokenizer needs <s>/</s> (or [CLS]/[SEP]) and a mask token to probe")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else last
+    if tokenizer.mask_token_id is None:
+        raise ProbeError("the tokenizer needs a mask token to probe")
+    first, last, pad = frame_ids(tokenizer)
     slot = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else pad
     return first, last, pad, tokenizer.mask_token_id, slot
 
@@ -295,7 +293,7 @@ def score_queries(
         Per query, ``(C,)`` float32 length-normalised log-probabilities of its table's candidates.
     """
     host = head_host(model)
-    frame = frame_ids(tokenizer)
+    frame = probe_frame(tokenizer)
     rows = [(q, length) for q, query in enumerate(queries) for length in tables[query.table].groups]
     rows.sort(key=lambda r: -(len(queries[r[0]].left) + len(queries[r[0]].right) + r[1]))
     hidden_at: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = defaultdict(list)
@@ -329,7 +327,7 @@ def score_naive(
 ) -> list[torch.Tensor]:
     """:func:`score_queries`' scores with one forward pass per (query, candidate): the naive baseline and a check."""
     host = head_host(model)
-    frame = frame_ids(tokenizer)
+    frame = probe_frame(tokenizer)
     scores = []
     for query in queries:
         table = tables[query.table]

@@ -39,7 +39,7 @@ from ..methods.p_adapter import PAdapterConfig, router_loss
 from ..model import AdaptedModel
 from ..models.mlm import decode_tokens
 from ..training import TrainConfig, train
-from .engine import build_queries, encode_rows, frame_ids, head_host, pad_rows, query_row
+from .engine import build_queries, encode_rows, head_host, pad_rows, probe_frame, query_row
 from .facts import Fact, candidate_sets, check_relations, probe_facts
 from .templates import load_templates
 
@@ -47,6 +47,7 @@ __all__ = [
     "PAdapterSettings",
     "PromptExample",
     "PromptLoss",
+    "cap_per_relation",
     "fact_split",
     "prompt_examples",
     "train_p_adapter",
@@ -157,7 +158,7 @@ def prompt_examples(
         The examples and, per relation index, the sorted ``(K,)`` token ids its softmax covers
         (every token of every candidate in every template and language).
     """
-    frame = frame_ids(tokenizer)
+    frame = probe_frame(tokenizer)
     raw: list[tuple[list[int], list[int], int, tuple[int, ...], int]] = []
     vocab: dict[int, set[int]] = defaultdict(set)
     for language, facts in facts_by_language.items():
@@ -277,7 +278,7 @@ def train_p_adapter(
         facts = probe_facts(kg, language, relations, splits=("train",), per_relation=None, seed=settings.seed)
         train_facts, test_facts = fact_split(facts, settings.held_out_fraction, settings.seed)
         if settings.per_relation is not None:
-            train_facts = _cap(train_facts, settings.per_relation)
+            train_facts = cap_per_relation(train_facts, settings.per_relation)
         facts_by_language[language], held_out[language] = train_facts, test_facts
     examples, vocabs = prompt_examples(tokenizer, kg, facts_by_language, relations, slots=settings.slots)
     atomic_write_bytes(
@@ -295,7 +296,7 @@ def train_p_adapter(
     result = train(
         model,
         examples,
-        PromptCollate(frame_ids(tokenizer)[2]),
+        PromptCollate(probe_frame(tokenizer)[2]),
         PromptLoss(vocabs, router_weight=settings.router_weight if settings.variant == "moe" else 0.0),
         TrainConfig(
             steps=settings.steps,
@@ -325,7 +326,7 @@ def train_p_adapter(
     return report
 
 
-def _cap(facts: Sequence[Fact], per_relation: int) -> list[Fact]:
+def cap_per_relation(facts: Sequence[Fact], per_relation: int) -> list[Fact]:
     """The first ``per_relation`` facts of each relation, in the given order."""
     seen: dict[str, int] = defaultdict(int)
     kept = []
