@@ -26,10 +26,14 @@ class Sublayer:
         input: A linear layer whose input is the sub-layer's input (the residual stream).
         output: The sub-layer's last linear layer; adapters act on its output before the
             residual connection and normalisation.
+        norm: In post-LN hosts (BERT), the LayerNorm applied to ``output``'s output plus the
+            residual stream, which a Pfeiffer bottleneck reads; ``None`` where the sub-layer has
+            none (pre-LN hosts such as the Conformer).
     """
 
     input: str
     output: str
+    norm: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +97,10 @@ _BERT_LIKE = dict(
         "ffn_out": "output.dense",
     },
     sublayers={
-        "attn": Sublayer(input="attention.self.query", output="attention.output.dense"),
-        "ffn": Sublayer(input="intermediate.dense", output="output.dense"),
+        "attn": Sublayer(
+            input="attention.self.query", output="attention.output.dense", norm="attention.output.LayerNorm"
+        ),
+        "ffn": Sublayer(input="intermediate.dense", output="output.dense", norm="output.LayerNorm"),
     },
     embeddings="embeddings",
 )

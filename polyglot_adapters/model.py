@@ -105,6 +105,8 @@ class AdaptedModel(nn.Module):
         try:
             for site in sites:
                 built[site.path] = spec.build_layer(config, site, built.get(site.peer) if site.peer else None)
+                if site.norm is not None:
+                    built[site.path].attach_norm(unwrap(self.model.get_submodule(site.norm)))
         except ConfigError:
             raise
         except (OverflowError, RuntimeError, TypeError, ValueError, MemoryError) as err:

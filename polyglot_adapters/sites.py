@@ -46,6 +46,8 @@ class Site:
         out_features: Size of the wrapped module's output.
         tap: For ``sublayer`` sites, path of the linear layer whose input is the sub-layer input.
         peer: Path of another site whose layer this site's layer reuses (shared parameters).
+        norm: Path of a host normalisation module the layer calls at forward time (the LayerNorm a
+            Pfeiffer bottleneck reads); the model hands it over with :meth:`AdapterLayer.attach_norm`.
     """
 
     path: str
@@ -55,6 +57,7 @@ class Site:
     out_features: int
     tap: str | None = None
     peer: str | None = None
+    norm: str | None = None
 
 
 class AdapterLayer(nn.Module):
@@ -66,12 +69,16 @@ class AdapterLayer(nn.Module):
         Args:
             x: Input of the wrapped module, ``(..., in_features)``.
             y: Current output, ``(..., out_features)``: the base output or the previous adapter's.
-            tap: Input of the enclosing sub-layer, ``(..., hidden)``, for parallel placement.
+            tap: Input of the enclosing sub-layer, ``(..., hidden)``, for parallel and Pfeiffer placements.
 
         Returns:
             The new output, same shape as ``y``.
         """
         raise NotImplementedError
+
+    def attach_norm(self, norm: nn.Module) -> None:
+        """Keeps a reference to the host module named by ``Site.norm`` (not a submodule: the host owns it)."""
+        self.__dict__["norm"] = norm
 
     def delta_weight(self) -> torch.Tensor | None:
         """Returns the dense ``(out, in)`` weight change equal to this layer, or ``None`` if non-linear."""

@@ -6,7 +6,8 @@ Usage:
 Writes into OUT_DIR: ``base/`` (a tiny BertForMaskedLM, safetensors), one adapter directory per
 configuration (``save_adapter(..., use_safetensors=True)``), and ``logits.safetensors`` with the
 input ids and the logits of the base and of each adapter (and of AdapterHub's own linear average
-of ``houlsby`` and ``houlsby2``). Its imports come from that venv (transformers 4.57, adapters 1.3).
+of ``houlsby`` and ``houlsby2``, and of its ``Stack("pfeiffer", "pfeiffer2")``). Its imports come
+from that venv (transformers 4.57, adapters 1.3).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters import BnConfig, DoubleSeqBnConfig, DoubleSeqBnInvConfig, ParBnConfig, SeqBnConfig
+from adapters import BnConfig, DoubleSeqBnConfig, DoubleSeqBnInvConfig, ParBnConfig, SeqBnConfig, Stack
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM
 
@@ -45,6 +46,26 @@ CONFIGS = {
         leave_out=[0],
     ),
     "pfeiffer": SeqBnConfig(reduction_factor=4),
+    "pfeiffer2": SeqBnConfig(reduction_factor=2, non_linearity="gelu"),
+    "pfeiffer_both": BnConfig(
+        mh_adapter=True,
+        output_adapter=True,
+        original_ln_before=True,
+        original_ln_after=True,
+        residual_before_ln=True,
+        reduction_factor=2,
+        non_linearity="tanh",
+        scaling=2.0,
+    ),
+    "pfeiffer_ln_residual": BnConfig(
+        mh_adapter=False,
+        output_adapter=True,
+        original_ln_before=True,
+        original_ln_after=True,
+        residual_before_ln=False,
+        reduction_factor=4,
+        non_linearity="relu",
+    ),
     "madx": DoubleSeqBnInvConfig(reduction_factor=4),
 }
 
@@ -70,6 +91,10 @@ def main(out: Path) -> None:
         with torch.no_grad():
             results[name] = model(input_ids=ids).logits
         model.save_adapter(str(out / name), name, with_head=False, use_safetensors=True)
+    # MAD-X stacks a task adapter on a language adapter, both seq_bn.
+    model.set_active_adapters(Stack("pfeiffer", "pfeiffer2"))
+    with torch.no_grad():
+        results["stack"] = model(input_ids=ids).logits
     model.average_adapter("avg", ["houlsby", "houlsby2"], weights=[0.3, 0.7], combine_strategy="linear")
     model.set_active_adapters("avg")
     with torch.no_grad():

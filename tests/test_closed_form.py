@@ -8,6 +8,7 @@ from conftest import host_output, make_host, randomize
 from torch.nn import functional as F
 
 from polyglot_adapters import AdaptedModel, BottleneckConfig, LoraConfig
+from polyglot_adapters.asr.model import conformer_transducer_tiny
 from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.methods.bottleneck import InvertibleCoupling
 
@@ -103,6 +104,42 @@ def test_parallel_bottleneck_reads_the_sublayer_input() -> None:
     torch.testing.assert_close(captured["y"], expected)
 
 
+def test_pfeiffer_bottleneck_reads_the_base_layernorm_of_the_residual_sum() -> None:
+    host = make_host()
+    am = AdaptedModel(host)
+    am.add_adapter("pf", BottleneckConfig.pfeiffer(reduction_factor=4))
+    am.set_active("pf")
+    am.train_adapters("pf")
+    randomize(am)
+    block = host.bert.encoder.layer[1]
+    captured = {}
+
+    def keep(key: str, value: torch.Tensor) -> None:
+        captured[key] = value
+
+    block.output.register_forward_hook(lambda m, args, out: keep("block_out", out))
+    block.output.register_forward_hook(lambda m, args, out: keep("ffn_in", args[1]))
+    block.output.dense.register_forward_hook(lambda m, args, out: keep("x", args[0]))
+    with torch.no_grad():
+        host(input_ids=torch.randint(0, 50, (2, 6)))
+        site, norm = block.output.dense, block.output.LayerNorm
+        layer = site.adapters["pf"]
+        h, residual = site.base_layer(captured["x"]), captured["ffn_in"]
+        normed = norm(h + residual)
+        branch = F.relu(normed @ layer.bn_down.T + layer.bn_down_bias) @ layer.bn_up.T + layer.bn_up_bias
+        # AdapterHub seq_bn: LN(h + residual + up(act(down(LN(h + residual))))).
+        expected = norm(h + branch + residual)
+    torch.testing.assert_close(captured["block_out"], expected)
+    assert "LayerNorm" not in "".join(am.adapter_state_dict("pf"))
+
+
+def test_pfeiffer_placement_needs_a_post_layernorm_host() -> None:
+    am = AdaptedModel(conformer_transducer_tiny(), interface="conformer-transducer")
+    with pytest.raises(ConfigError, match="no post-residual LayerNorm"):
+        am.add_adapter("pf", BottleneckConfig.pfeiffer())
+    assert not am.adapters
+
+
 def test_invertible_adapter_inverts_exactly() -> None:
     coupling = InvertibleCoupling(features=17, reduction=2.0, act="relu")
     randomize(coupling)
@@ -132,6 +169,7 @@ def test_zero_init_bottleneck_is_identity_on_every_preset(ids: torch.Tensor) -> 
         "entity_alignment": BottleneckConfig.entity_alignment(),
         "houlsby": BottleneckConfig.houlsby(),
         "parallel": BottleneckConfig.parallel(),
+        "pfeiffer": BottleneckConfig.pfeiffer(),
     }.items():
         am = AdaptedModel(make_host())
         am.add_adapter(name, config)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
 
-from polyglot_adapters import AdaptedModel
+from polyglot_adapters import AdaptedModel, Stack
 from polyglot_adapters.cli.main import main
 from polyglot_adapters.convert import ConversionError, convert, detect_format, read_foreign
 from polyglot_adapters.merging import average_checkpoints
@@ -71,7 +71,7 @@ def test_base_is_the_same_model_in_both_stacks(hub: Path, reference: dict[str, t
     assert (got - reference["base"]).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("name", ["houlsby", "parallel", "custom"])
+@pytest.mark.parametrize("name", ["houlsby", "parallel", "custom", "pfeiffer", "pfeiffer2", "pfeiffer_both"])
 def test_bottlenecks_convert_with_the_same_logits(name: str, hub: Path, reference, tmp_path: Path) -> None:
     assert detect_format(hub / name).format == "adapters"
     out = convert(hub / name, tmp_path / name, host=base(hub), source_format="adapters")
@@ -80,13 +80,32 @@ def test_bottlenecks_convert_with_the_same_logits(name: str, hub: Path, referenc
     assert (got - reference["base"]).abs().max().item() > 1e-3
 
 
+def test_pfeiffer_seq_bn_reads_the_base_layernorm(hub: Path, tmp_path: Path) -> None:
+    saved = read_foreign(hub / "pfeiffer", base(hub))
+    assert saved.config.placement == "pfeiffer" and saved.config.positions == ("ffn",)
+
+
+def test_madx_stack_of_two_seq_bn_matches_adapterhub_stack(hub: Path, reference, tmp_path: Path) -> None:
+    am = AdaptedModel(base(hub))
+    for name in ("pfeiffer", "pfeiffer2"):
+        am.load_adapter(convert(hub / name, tmp_path / name, host=base(hub)))
+    am.set_active(Stack("pfeiffer", "pfeiffer2"))
+    am.eval()
+    with torch.no_grad():
+        got = am(input_ids=reference["ids"]).logits
+    assert (got - reference["stack"]).abs().max().item() <= TOL
+    assert (got - reference["pfeiffer"]).abs().max().item() > 1e-3
+
+
 def test_average_matches_adapterhub_average_adapter(hub: Path, reference, tmp_path: Path) -> None:
     parts = [read_foreign(hub / n, base(hub)) for n in ("houlsby", "houlsby2")]
     out = average_checkpoints(parts, weights=[0.3, 0.7], name="avg").save(tmp_path / "avg")
     assert (logits_of(hub, out, reference["ids"]) - reference["avg"]).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize(("name", "fragment"), [("pfeiffer", "original_ln_before"), ("madx", "invertible")])
+@pytest.mark.parametrize(
+    ("name", "fragment"), [("pfeiffer_ln_residual", "residual_before_ln=False"), ("madx", "invertible")]
+)
 def test_configs_without_an_exact_equivalent_are_refused(name: str, fragment: str, hub: Path, tmp_path) -> None:
     with pytest.raises(ConversionError, match=fragment):
         convert(hub / name, tmp_path / name, host=base(hub))

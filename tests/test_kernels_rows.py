@@ -183,20 +183,24 @@ def test_stack_padded_zero_pads_and_passes_gradients_back() -> None:
 
 
 def _routed_model() -> AdaptedModel:
-    """Five adapters: LoRA of ranks 2 and 4 (q,v; one also on ffn_out), bottlenecks of two widths and placements."""
+    """Six adapters: LoRA of ranks 2 and 4 (q,v; one also on ffn_out), bottlenecks of 2 widths and 3 placements."""
     am = AdaptedModel(make_host("bert"))
     am.add_adapter("l2", LoraConfig(r=2, targets=("q", "v")))
     am.add_adapter("l4", LoraConfig(r=4, alpha=2, targets=("q", "v", "ffn_out")))
     am.add_adapter("b4", BottleneckConfig(positions=("ffn",), reduction_factor=4))
     am.add_adapter("b2", BottleneckConfig(positions=("ffn",), reduction_factor=2))
     am.add_adapter("p4", BottleneckConfig(placement="parallel", positions=("attn",), reduction_factor=4))
+    am.add_adapter(
+        "pf",
+        BottleneckConfig(placement="pfeiffer", positions=("attn", "ffn"), reduction_factor=4, non_linearity="gelu"),
+    )
     randomize(am)
     return am
 
 
-NAMES = ("l2", "l4", "b4", "b2", "p4")
+NAMES = ("l2", "l4", "b4", "b2", "p4", "pf")
 SPARSE_KEYS = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
-ROW_IDS = torch.tensor([4, 0, 2, 1, 3, 0, 2, 4, 1])
+ROW_IDS = torch.tensor([4, 0, 2, 5, 1, 3, 0, 2, 4, 1, 5])
 
 
 def _ids(rows: int) -> torch.Tensor:

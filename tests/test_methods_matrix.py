@@ -27,6 +27,7 @@ EXAMPLES = {
         BottleneckConfig.houlsby(reduction_factor=4),
         BottleneckConfig.parallel(),
         BottleneckConfig(placement="parallel", positions=("attn", "ffn"), non_linearity="gelu", layers=(1,)),
+        BottleneckConfig(placement="pfeiffer", positions=("attn", "ffn"), non_linearity="tanh", invertible=True),
     ],
     "lora": [
         LoraConfig(),

@@ -67,7 +67,7 @@ _HEAD_SCHEMA = "polyglot-adapters/token-type-head"
 
 
 def ner_adapter_config(*, reduction_factor: float = 16.0) -> BottleneckConfig:
-    """The NER adapter: a series bottleneck after every block's feed-forward sub-layer (Pfeiffer placement)."""
+    """The NER adapter: a series bottleneck after every block's feed-forward sub-layer (reading its output)."""
     return BottleneckConfig(placement="series", positions=("ffn",), reduction_factor=reduction_factor)
 
 

@@ -1,13 +1,14 @@
 """AdapterHub (``adapters``) bottleneck adapters, safetensors variant, read as polyglot-adapters bottlenecks.
 
 Converted exactly are the configurations whose computation polyglot-adapters' bottleneck has:
-the adapter acts on a sub-layer's output before the base residual connection and LayerNorm
-(``original_ln_before=False``, ``original_ln_after=True``: Houlsby ``double_seq_bn``, parallel
-``par_bn`` and custom ``BnConfig`` of that form). Refused, with the reason: Pfeiffer-style
-``original_ln_before=True`` (``seq_bn``: the adapter reads the base LayerNorm's output),
-invertible adapters (AdapterHub inverts before the output embedding, polyglot-adapters before
-the whole LM head), adapter LayerNorms, gating, PHM layers, learned scalings, per-layer
-reduction factors.
+the adapter adds to a sub-layer's output before the base residual connection and LayerNorm
+(``original_ln_after=True``), reading that output (``original_ln_before=False``: Houlsby
+``double_seq_bn``), the sub-layer input (parallel ``par_bn``) or the base LayerNorm's output with
+the pre-LayerNorm output as its residual (``original_ln_before=True``, ``residual_before_ln=True``:
+Pfeiffer ``seq_bn``, placement ``pfeiffer``), and custom ``BnConfig`` of those forms. Refused, with
+the reason: invertible adapters (AdapterHub inverts before the output embedding,
+polyglot-adapters before the whole LM head), adapter LayerNorms, gating, PHM layers, learned
+scalings, per-layer reduction factors, other residual placements.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ _PARTS = {
     "adapter_up.bias": "bn_up_bias",
 }
 _MUST = {
-    "original_ln_before": False,
     "original_ln_after": True,
     "ln_before": False,
     "ln_after": False,
@@ -42,7 +42,6 @@ _MUST = {
     "cross_adapter": False,
 }
 _REASONS = {
-    "original_ln_before": "the adapter would read the base LayerNorm's output (Pfeiffer seq_bn)",
     "original_ln_after": "the base residual and LayerNorm would not follow the adapter",
     "ln_before": "adapter LayerNorms have no equivalent",
     "ln_after": "adapter LayerNorms have no equivalent",
@@ -107,8 +106,17 @@ def _config(cfg: dict[str, Any], host: Host, where: str) -> BottleneckConfig:
             f"{where}: invertible adapters are not converted: AdapterHub inverts before the output embedding, "
             "polyglot-adapters before the whole LM head, so outputs would differ"
         )
-    if cfg.get("residual_before_ln") == "post_add":
+    residual = cfg.get("residual_before_ln", True)
+    if residual == "post_add":
         raise ConversionError(f"{where}: residual_before_ln='post_add' is not supported")
+    reads_norm = bool(cfg.get("original_ln_before", False))
+    if reads_norm and cfg.get("is_parallel"):
+        raise ConversionError(f"{where}: a parallel adapter reading the base LayerNorm's output has no equivalent")
+    if reads_norm and residual is not True:
+        raise ConversionError(
+            f"{where}: original_ln_before with residual_before_ln={residual!r} is not supported: the adapter's "
+            "residual would be the base LayerNorm's output (only Pfeiffer seq_bn's pre-LayerNorm residual converts)"
+        )
     act = _ACTIVATIONS.get(str(cfg.get("non_linearity")).lower())
     if act is None:
         raise ConversionError(
@@ -129,7 +137,7 @@ def _config(cfg: dict[str, Any], host: Host, where: str) -> BottleneckConfig:
     layers = tuple(i for i in range(len(host.blocks())) if i not in leave_out) if leave_out else None
     try:
         return BottleneckConfig(
-            placement="parallel" if cfg.get("is_parallel") else "series",
+            placement="parallel" if cfg.get("is_parallel") else "pfeiffer" if reads_norm else "series",
             positions=positions,
             reduction_factor=factor,
             non_linearity=act,

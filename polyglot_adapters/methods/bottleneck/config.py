@@ -7,9 +7,10 @@ from typing import ClassVar
 
 from ...config import AdapterConfig, check
 
-__all__ = ["ACTIVATIONS", "BottleneckConfig"]
+__all__ = ["ACTIVATIONS", "PLACEMENTS", "BottleneckConfig"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+PLACEMENTS = ("series", "parallel", "pfeiffer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,9 +18,13 @@ class BottleneckConfig(AdapterConfig):
     """A down-projection, a non-linearity and a zero-initialised up-projection per sub-layer.
 
     Attributes:
-        placement: ``series``: ``h + s * up(act(down(h)))`` on the sub-layer output ``h``
-            (Houlsby/Pfeiffer); ``parallel``: ``h + s * up(act(down(x)))`` from the sub-layer
-            input ``x`` (He et al. 2022). Both act before the residual connection and LayerNorm.
+        placement: Where the adapter reads; it always adds to the sub-layer output ``h`` before
+            the host's residual connection and LayerNorm. ``series``: ``h + s * up(act(down(h)))``
+            (Houlsby et al. 2019); ``parallel``: ``h + s * up(act(down(x)))`` from the sub-layer
+            input ``x`` (He et al. 2022); ``pfeiffer``: ``h + s * up(act(down(LN(h + x))))``, reading
+            the host's own post-residual LayerNorm (Pfeiffer et al. 2021, AdapterHub ``seq_bn``
+            and MAD-X; post-LN hosts only). The host then computes ``LN(h' + x)`` as usual, so the
+            base LayerNorm runs twice with its own weights, as in AdapterHub.
         positions: Sub-layers that get an adapter: ``attn`` and/or ``ffn``.
         reduction_factor: Hidden size divided by the bottleneck size.
         non_linearity: One of ``relu``, ``gelu``, ``silu``, ``tanh``.
@@ -43,8 +48,8 @@ class BottleneckConfig(AdapterConfig):
 
     def __post_init__(self) -> None:
         check(
-            self.placement in ("series", "parallel"),
-            f"placement must be 'series' or 'parallel', got {self.placement!r}",
+            self.placement in PLACEMENTS,
+            f"placement must be one of {PLACEMENTS}, got {self.placement!r}",
         )
         check(
             isinstance(self.positions, tuple)
@@ -101,6 +106,11 @@ class BottleneckConfig(AdapterConfig):
     def houlsby(cls, *, reduction_factor: float = 16.0) -> BottleneckConfig:
         """Houlsby et al. (2019): series adapters after both attention and FFN."""
         return cls(placement="series", positions=("attn", "ffn"), reduction_factor=reduction_factor)
+
+    @classmethod
+    def pfeiffer(cls, *, reduction_factor: float = 16.0) -> BottleneckConfig:
+        """Pfeiffer et al. (2021), AdapterHub ``seq_bn``: after the FFN, reading the host's LayerNorm output."""
+        return cls(placement="pfeiffer", positions=("ffn",), reduction_factor=reduction_factor)
 
     @classmethod
     def parallel(cls, *, reduction_factor: float = 16.0, scaling: float = 4.0) -> BottleneckConfig:

@@ -38,26 +38,41 @@ def _branch(module: nn.Module, prefix: str, h: torch.Tensor, act: str) -> torch.
 
 
 class BottleneckLayer(AdapterLayer):
-    """``h + s * up(act(down(src)))`` where ``src`` is the sub-layer output (series) or input (parallel)."""
+    """``h + s * up(act(down(src)))`` on the sub-layer output ``h``; ``src`` depends on the placement.
 
-    def __init__(self, features: int, bottleneck: int, act: str, scaling: float, parallel: bool) -> None:
+    ``src`` is ``h`` (series), the sub-layer input ``x`` (parallel) or the host's post-residual
+    LayerNorm of ``h + x`` (pfeiffer; the norm comes through :meth:`attach_norm`).
+    """
+
+    def __init__(self, features: int, bottleneck: int, act: str, scaling: float, placement: str) -> None:
         super().__init__()
         _bottleneck_params(self, "bn", features, bottleneck, features)
         self.act = act
         self.scaling = scaling
-        self.parallel = parallel
+        self.placement = placement
+
+    def source(self, y: torch.Tensor, tap: torch.Tensor | None) -> torch.Tensor:
+        """What the branch reads, ``(..., hidden)``, from the sub-layer output ``y`` and input ``tap``."""
+        if self.placement == "series":
+            return y
+        if tap is None:
+            raise CompositionError(
+                f"{self.placement} bottleneck adapter got no sub-layer input; was the host wrapped?"
+            )
+        if self.placement == "parallel":
+            return tap
+        norm = self.__dict__.get("norm")
+        if norm is None:
+            raise CompositionError("pfeiffer bottleneck adapter has no host LayerNorm; attach it with AdaptedModel")
+        return norm(y + tap)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None) -> torch.Tensor:
-        """Adapts the sub-layer output ``y`` ``(..., hidden)``; ``tap`` is the sub-layer input (parallel)."""
-        if self.parallel:
-            if tap is None:
-                raise CompositionError("parallel bottleneck adapter got no sub-layer input; was the host wrapped?")
-            return y + self.scaling * _branch(self, "bn", tap, self.act)
-        return y + self.scaling * _branch(self, "bn", y, self.act)
+        """Adapts the sub-layer output ``y`` ``(..., hidden)``; ``tap`` is the sub-layer input ``(..., hidden)``."""
+        return y + self.scaling * _branch(self, "bn", self.source(y, tap), self.act)
 
     def route_key(self) -> Hashable:
         """Bottlenecks fuse when they share the activation and the placement (widths are zero-padded)."""
-        return (self.act, self.parallel)
+        return (self.act, self.placement)
 
     @classmethod
     def route_weights(cls, layers: Sequence[AdapterLayer]) -> tuple[torch.Tensor, ...]:
@@ -90,16 +105,15 @@ class BottleneckLayer(AdapterLayer):
             index: ``(B,)`` int64 in ``[-1, len(layers))``.
             x: ``(B, T, hidden)`` (unused: a bottleneck reads ``y`` or the sub-layer input).
             y: ``(B, T, hidden)`` sub-layer output.
-            tap: ``(B, T, hidden)`` sub-layer input, for parallel placement.
+            tap: ``(B, T, hidden)`` sub-layer input, for parallel and Pfeiffer placements.
 
         Returns:
             ``(B, T, hidden)``.
         """
         first = layers[0]
-        if first.parallel and tap is None:
-            raise CompositionError("parallel bottleneck adapter got no sub-layer input; was the host wrapped?")
         down, down_bias, up, up_bias, scaling = weights
-        src = tap if first.parallel else y
+        # One placement and one site: every layer reads the same source (one LayerNorm pass for pfeiffer).
+        src = first.source(y, tap)
         return bottleneck_rows(src, y, (down, down_bias), (up, up_bias), scaling, index, _ACT[first.act])
 
 
@@ -153,9 +167,17 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
             f"position {position!r} is not a sub-layer of {interface.name!r}: {sorted(interface.sublayers)}",
         )
         sub = interface.sublayers[position]
+        check(
+            config.placement != "pfeiffer" or sub.norm is not None,
+            f"sub-layer {position!r} of {interface.name!r} has no post-residual LayerNorm for a pfeiffer "
+            "bottleneck (a pre-LN host); use placement 'series'",
+        )
         for _, block in blocks:
             out_path, in_path = f"{block}.{sub.output}", f"{block}.{sub.input}"
             check(out_path in linears and in_path in linears, f"{out_path} or {in_path} is not a linear layer")
+            norm_path = f"{block}.{sub.norm}" if config.placement == "pfeiffer" else None
+            if norm_path is not None:
+                check(_is_layer_norm(host, norm_path), f"{norm_path} is not a LayerNorm of the host")
             hidden = linears[out_path].out_features
             sites.append(
                 Site(
@@ -164,7 +186,8 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
                     role="sublayer",
                     in_features=hidden,
                     out_features=hidden,
-                    tap=in_path if config.placement == "parallel" else None,
+                    tap=in_path if config.placement != "series" else None,
+                    norm=norm_path,
                 )
             )
     if config.invertible:
@@ -197,6 +220,13 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
     return sites
 
 
+def _is_layer_norm(host: nn.Module, path: str) -> bool:
+    try:
+        return isinstance(unwrap(host.get_submodule(path)), nn.LayerNorm)
+    except AttributeError:
+        return False
+
+
 def build_layer(config: BottleneckConfig, site: Site, peer: AdapterLayer | None) -> AdapterLayer:
     """Builds the layer for one site: bottleneck, coupling, or the coupling's inverse."""
     if site.role == "embeddings":
@@ -205,6 +235,4 @@ def build_layer(config: BottleneckConfig, site: Site, peer: AdapterLayer | None)
         assert isinstance(peer, InvertibleCoupling), "the head site is built after its embedding site"
         return InverseCoupling(peer)
     bottleneck = max(1, int(site.out_features / config.reduction_factor))
-    return BottleneckLayer(
-        site.out_features, bottleneck, config.non_linearity, config.scaling, config.placement == "parallel"
-    )
+    return BottleneckLayer(site.out_features, bottleneck, config.non_linearity, config.scaling, config.placement)
