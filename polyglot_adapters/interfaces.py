@@ -48,6 +48,9 @@ class HostInterface:
         sublayers: Sub-layer name (``attn``, ``ffn``) to its input and output linear layers.
         embeddings: Path suffix of the embedding module (for embedding-level adapters), if any.
         head: Path of the output head whose input gets the inverse embedding adapter, if any.
+        decoder_input: Path of the head module whose output is the output embedding's input
+            (``cls.predictions.transform``), where the MAD-X paper and AdapterHub put the inverse
+            embedding adapter instead (``BottleneckConfig(inverse_at="decoder")``), if any.
         batch_dim: Batch dimension of the activations seen inside blocks.
     """
 
@@ -58,6 +61,7 @@ class HostInterface:
     sublayers: Mapping[str, Sublayer]
     embeddings: str | None = None
     head: str | None = None
+    decoder_input: str | None = None
     batch_dim: int = 0
 
     def find_blocks(self, host: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
@@ -106,10 +110,24 @@ _BERT_LIKE = dict(
 )
 
 PRESETS: dict[str, HostInterface] = {
-    "bert": HostInterface(name="bert", model_types=("bert",), head="cls.predictions", **_BERT_LIKE),
-    "xlm-roberta": HostInterface(name="xlm-roberta", model_types=("xlm-roberta",), head="lm_head", **_BERT_LIKE),
+    "bert": HostInterface(
+        name="bert",
+        model_types=("bert",),
+        head="cls.predictions",
+        decoder_input="cls.predictions.transform",
+        **_BERT_LIKE,
+    ),
+    "xlm-roberta": HostInterface(
+        name="xlm-roberta",
+        model_types=("xlm-roberta",),
+        head="lm_head",
+        decoder_input="lm_head.layer_norm",
+        **_BERT_LIKE,
+    ),
     # CodeBERT and other RoBERTa-family code encoders use this preset.
-    "roberta": HostInterface(name="roberta", model_types=("roberta",), head="lm_head", **_BERT_LIKE),
+    "roberta": HostInterface(
+        name="roberta", model_types=("roberta",), head="lm_head", decoder_input="lm_head.layer_norm", **_BERT_LIKE
+    ),
     # polyglot_adapters.asr's streaming Conformer transducer: torchaudio Conformer layers, run batch first.
     # "ffn" is the block's last feed-forward module (ffn2), so the BERT-style presets (positions=("ffn",)) fit;
     # "ffn1" is the first (macaron) one. Attention projections are not called as modules and cannot be wrapped.

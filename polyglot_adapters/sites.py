@@ -41,7 +41,8 @@ class Site:
         key: The same path relative to the backbone root (``encoder.layer.0.output.dense``);
             saved files use it so adapters move between a backbone and its task models.
         role: ``linear`` (act on a linear layer's output), ``sublayer`` (a residual sub-layer's
-            output linear), ``embeddings`` (embedding output) or ``head`` (input of the output head).
+            output linear), ``embeddings`` (embedding output), ``head`` (input of the output head)
+            or ``decoder_input`` (output of the head module that feeds the output embedding).
         in_features: Size of the wrapped module's input (``linear``/``sublayer``) or hidden size.
         out_features: Size of the wrapped module's output.
         tap: For ``sublayer`` sites, path of the linear layer whose input is the sub-layer input.
@@ -52,7 +53,7 @@ class Site:
 
     path: str
     key: str
-    role: Literal["linear", "sublayer", "embeddings", "head"]
+    role: Literal["linear", "sublayer", "embeddings", "head", "decoder_input"]
     in_features: int
     out_features: int
     tap: str | None = None
@@ -411,7 +412,7 @@ class AdaptedLinear(_SiteMixin, nn.Module):
 
 
 class AdaptedModule(_SiteMixin, nn.Module):
-    """Wraps a non-linear module: adapters act on its output (``embeddings``) or its input (``head``)."""
+    """Wraps a non-linear module: adapters act on its input (``head``) or its output (other roles)."""
 
     def __init__(self, base: nn.Module, site: Site, state: ActiveState) -> None:
         super().__init__()

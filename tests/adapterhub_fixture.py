@@ -6,8 +6,8 @@ Usage:
 Writes into OUT_DIR: ``base/`` (a tiny BertForMaskedLM, safetensors), one adapter directory per
 configuration (``save_adapter(..., use_safetensors=True)``), and ``logits.safetensors`` with the
 input ids and the logits of the base and of each adapter (and of AdapterHub's own linear average
-of ``houlsby`` and ``houlsby2``, and of its ``Stack("pfeiffer", "pfeiffer2")``). Its imports come
-from that venv (transformers 4.57, adapters 1.3).
+of ``houlsby`` and ``houlsby2``, and of its stacks ``Stack("pfeiffer", "pfeiffer2")`` and
+``Stack("madx", "pfeiffer2")``). Its imports come from that venv (transformers 4.57, adapters 1.3).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters import BnConfig, DoubleSeqBnConfig, DoubleSeqBnInvConfig, ParBnConfig, SeqBnConfig, Stack
+from adapters import BnConfig, DoubleSeqBnConfig, DoubleSeqBnInvConfig, ParBnConfig, SeqBnConfig, SeqBnInvConfig, Stack
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForMaskedLM
 
@@ -66,8 +66,25 @@ CONFIGS = {
         reduction_factor=4,
         non_linearity="relu",
     ),
-    "madx": DoubleSeqBnInvConfig(reduction_factor=4),
+    "madx": SeqBnInvConfig(reduction_factor=4),
+    "houlsby_inv": DoubleSeqBnInvConfig(reduction_factor=4, non_linearity="gelu", inv_adapter_reduction_factor=4),
 }
+
+
+@torch.no_grad()
+def logits(model: BertForMaskedLM, ids: torch.Tensor, invertible: str | None) -> torch.Tensor:
+    """The model's logits; with an invertible adapter, its inverse runs before the output embedding.
+
+    adapters 1.3.0 applies an invertible adapter after the embeddings of a static-head
+    ``BertForMaskedLM`` but its inverse only in flex heads (``heads/language_modeling.py``: after
+    the head's transform, before the output embedding), so the MAD-X computation is spelled out
+    here with AdapterHub's own coupling module run with ``rev=True``.
+    """
+    if invertible is None:
+        return model(input_ids=ids).logits
+    hidden = model.bert(input_ids=ids).last_hidden_state
+    head = model.cls.predictions
+    return head.decoder(model.bert.invertible_adapters[invertible](head.transform(hidden), rev=True))
 
 
 def main(out: Path) -> None:
@@ -88,13 +105,15 @@ def main(out: Path) -> None:
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
         model.set_active_adapters(name)
         model.eval()
-        with torch.no_grad():
-            results[name] = model(input_ids=ids).logits
+        results[name] = logits(model, ids, name if getattr(config, "inv_adapter", None) else None)
         model.save_adapter(str(out / name), name, with_head=False, use_safetensors=True)
     # MAD-X stacks a task adapter on a language adapter, both seq_bn.
     model.set_active_adapters(Stack("pfeiffer", "pfeiffer2"))
     with torch.no_grad():
         results["stack"] = model(input_ids=ids).logits
+    # AdapterHub runs the invertible adapter of a stack's first adapter only.
+    model.set_active_adapters(Stack("madx", "pfeiffer2"))
+    results["madx_stack"] = logits(model, ids, "madx")
     model.average_adapter("avg", ["houlsby", "houlsby2"], weights=[0.3, 0.7], combine_strategy="linear")
     model.set_active_adapters("avg")
     with torch.no_grad():

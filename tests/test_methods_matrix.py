@@ -27,7 +27,13 @@ EXAMPLES = {
         BottleneckConfig.houlsby(reduction_factor=4),
         BottleneckConfig.parallel(),
         BottleneckConfig(placement="parallel", positions=("attn", "ffn"), non_linearity="gelu", layers=(1,)),
-        BottleneckConfig(placement="pfeiffer", positions=("attn", "ffn"), non_linearity="tanh", invertible=True),
+        BottleneckConfig(
+            placement="pfeiffer",
+            positions=("attn", "ffn"),
+            non_linearity="tanh",
+            invertible=True,
+            inverse_at="decoder",
+        ),
     ],
     "lora": [
         LoraConfig(),

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_host
+from conftest import make_host, randomize
 
 from polyglot_adapters import AdaptedModel, BottleneckConfig
 from polyglot_adapters.errors import ConfigError
-from polyglot_adapters.models.mlm import mask_tokens, masked_lm_loss, mlm_from_base, mlm_trainable_names
+from polyglot_adapters.models.mlm import (
+    decode_tokens,
+    mask_tokens,
+    masked_lm_loss,
+    mlm_from_base,
+    mlm_trainable_names,
+)
+from polyglot_adapters.sites import unwrap
 
 
 @pytest.fixture
@@ -84,3 +91,28 @@ def test_language_adapter_with_invertible_part_on_the_mlm(base: torch.nn.Module)
     with torch.no_grad():
         torch.testing.assert_close(am(input_ids=ids).logits, reference)
     assert "sw" in am.model.cls.predictions.shared
+
+
+@pytest.mark.parametrize("inverse_at", ["head", "decoder"])
+def test_invertible_inverse_site_and_decode_tokens_agree_with_the_full_head(
+    base: torch.nn.Module, inverse_at: str
+) -> None:
+    am = AdaptedModel(mlm_from_base(base))
+    am.add_adapter("sw", BottleneckConfig(invertible=True, inverse_at=inverse_at))
+    am.set_active("sw")
+    randomize(am)
+    ids, tokens = torch.randint(3, 50, (2, 6)), torch.tensor([7, 3, 41])
+    head = am.model.cls.predictions
+    with torch.no_grad():
+        full = am(input_ids=ids).logits
+        hidden = am.model.bert(input_ids=ids).last_hidden_state
+        coupling = am.model.bert.embeddings.adapters["sw"]
+        transform = unwrap(head.transform)
+        if inverse_at == "head":
+            expected = unwrap(head).decoder(transform(coupling.inverse(hidden)))
+        else:  # MAD-X / AdapterHub: after the head's transform, before the output embedding
+            expected = head.decoder(coupling.inverse(transform(hidden)))
+        torch.testing.assert_close(full, expected)
+        torch.testing.assert_close(
+            decode_tokens(am.model, hidden.reshape(-1, hidden.shape[-1]), tokens), full.reshape(-1, 50)[:, tokens]
+        )

@@ -5,10 +5,11 @@ the adapter adds to a sub-layer's output before the base residual connection and
 (``original_ln_after=True``), reading that output (``original_ln_before=False``: Houlsby
 ``double_seq_bn``), the sub-layer input (parallel ``par_bn``) or the base LayerNorm's output with
 the pre-LayerNorm output as its residual (``original_ln_before=True``, ``residual_before_ln=True``:
-Pfeiffer ``seq_bn``, placement ``pfeiffer``), and custom ``BnConfig`` of those forms. Refused, with
-the reason: invertible adapters (AdapterHub inverts before the output embedding,
-polyglot-adapters before the whole LM head), adapter LayerNorms, gating, PHM layers, learned
-scalings, per-layer reduction factors, other residual placements.
+Pfeiffer ``seq_bn``, placement ``pfeiffer``), and custom ``BnConfig`` of those forms. NICE
+invertible adapters (MAD-X ``seq_bn_inv``, ``double_seq_bn_inv``) convert with their inverse before
+the output embedding, where AdapterHub runs it (``inverse_at="decoder"``). Refused, with the
+reason: GLOW invertible adapters, adapter LayerNorms, gating, PHM layers, learned scalings,
+per-layer reduction factors, other residual placements.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ _PARTS = {
     "adapter_down.0.bias": "bn_down_bias",
     "adapter_up.weight": "bn_up",
     "adapter_up.bias": "bn_up_bias",
+}
+# AdapterHub's NICE coupling: F and G are Linear -> activation -> Linear (indices 0 and 2).
+_COUPLING = {
+    f"{net}.{index}.{kind}": f"bn_inv_{net.lower()}_{part}{'_bias' if kind == 'bias' else ''}"
+    for net in ("F", "G")
+    for index, part in ((0, "down"), (2, "up"))
+    for kind in ("weight", "bias")
 }
 _MUST = {
     "original_ln_after": True,
@@ -66,13 +74,20 @@ def import_adapterhub(found: Detected, host: Host, name: str) -> SavedAdapter:
             f"{where}: expected one safetensors weights file beside it, found {len(weights)}; pickled "
             "pytorch_adapter.bin is not read (save with use_safetensors=True)"
         )
-    saved_name = doc.get("name")
-    pattern = re.compile(rf"(?P<module>.+)\.adapters\.{re.escape(str(saved_name))}\.(?P<part>.+)")
+    saved_name = re.escape(str(doc.get("name")))
+    pattern = re.compile(rf"(?P<module>.+)\.adapters\.{saved_name}\.(?P<part>.+)")
+    coupling = re.compile(rf"(?:.+\.)?invertible_adapters\.{saved_name}\.(?P<part>.+)")
     tensors: dict[str, torch.Tensor] = {}
     for key, value in st_load(weights[0].read_bytes()).items():
+        inverse = coupling.fullmatch(key) if config.invertible else None
+        if inverse is not None and inverse["part"] in _COUPLING:
+            tensors[f"{host.interface.embeddings}.{_COUPLING[inverse['part']]}"] = value
+            continue
         match = pattern.fullmatch(key)
         if match is None or match["part"] not in _PARTS:
-            raise ConversionError(f"{weights[0]}: tensor {key!r} is not part of bottleneck adapter {saved_name!r}")
+            raise ConversionError(
+                f"{weights[0]}: tensor {key!r} is not part of bottleneck adapter {doc.get('name')!r}"
+            )
         # AdapterHub hangs the adapter on the module that owns the sub-layer's output linear
         # (BertOutput for the FFN); polyglot-adapters keys it by that linear (output.dense).
         site = _site_of(match["module"], host, str(weights[0]))
@@ -101,11 +116,9 @@ def _config(cfg: dict[str, Any], host: Host, where: str) -> BottleneckConfig:
     for key, want in _MUST.items():
         if bool(cfg.get(key, want)) != want:
             raise ConversionError(f"{where}: {key}={cfg.get(key)!r} is not supported: {_REASONS[key]}")
-    if cfg.get("inv_adapter"):
-        raise ConversionError(
-            f"{where}: invertible adapters are not converted: AdapterHub inverts before the output embedding, "
-            "polyglot-adapters before the whole LM head, so outputs would differ"
-        )
+    invertible = cfg.get("inv_adapter")
+    if invertible not in (None, "nice"):
+        raise ConversionError(f"{where}: {invertible!r} invertible adapters are not supported (only 'nice')")
     residual = cfg.get("residual_before_ln", True)
     if residual == "post_add":
         raise ConversionError(f"{where}: residual_before_ln='post_add' is not supported")
@@ -143,6 +156,9 @@ def _config(cfg: dict[str, Any], host: Host, where: str) -> BottleneckConfig:
             non_linearity=act,
             scaling=float(scaling),
             layers=layers,
+            invertible=invertible is not None,
+            invertible_reduction=cfg.get("inv_adapter_reduction_factor") or 2.0,
+            inverse_at="decoder" if invertible else "head",
         )
     except ValueError as err:
         raise ConversionError(f"{where}: {err}") from None

@@ -7,10 +7,11 @@ from typing import ClassVar
 
 from ...config import AdapterConfig, check
 
-__all__ = ["ACTIVATIONS", "PLACEMENTS", "BottleneckConfig"]
+__all__ = ["ACTIVATIONS", "INVERSE_SITES", "PLACEMENTS", "BottleneckConfig"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 PLACEMENTS = ("series", "parallel", "pfeiffer")
+INVERSE_SITES = ("head", "decoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,9 @@ class BottleneckConfig(AdapterConfig):
         invertible: Add an invertible (additive coupling) adapter on the embedding output and
             its exact inverse on the output head's input (MAD-X language adapters).
         invertible_reduction: Reduction factor inside the invertible adapter's coupling nets.
+        inverse_at: Where the invertible adapter's inverse runs: ``head``, on the input of the
+            whole output head; or ``decoder``, on the output embedding's input, after the head's
+            transform (the MAD-X paper and AdapterHub; what their converted adapters use).
         layers: Block indices to adapt, or ``None`` for all.
     """
 
@@ -44,6 +48,7 @@ class BottleneckConfig(AdapterConfig):
     scaling: float = 1.0
     invertible: bool = False
     invertible_reduction: float = 2.0
+    inverse_at: str = "head"
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +78,7 @@ class BottleneckConfig(AdapterConfig):
             f"scaling must be a number, got {self.scaling!r}",
         )
         check(isinstance(self.invertible, bool), f"invertible must be true or false, got {self.invertible!r}")
+        check(self.inverse_at in INVERSE_SITES, f"inverse_at must be one of {INVERSE_SITES}, got {self.inverse_at!r}")
         check(
             self.layers is None
             or (

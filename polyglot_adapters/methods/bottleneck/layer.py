@@ -152,7 +152,7 @@ class InverseCoupling(AdapterLayer):
         self.__dict__["coupling"] = coupling  # not a submodule: the embedding site owns it
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, tap: torch.Tensor | None) -> torch.Tensor:
-        """Applies the inverse coupling to the head's input ``y`` ``(..., hidden)``."""
+        """Applies the inverse coupling to ``y`` ``(..., hidden)``: the head's input or the output embedding's."""
         return self.coupling.inverse(y)
 
 
@@ -201,23 +201,31 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
         sites.append(
             Site(path=emb_path, key=interface.embeddings, role="embeddings", in_features=hidden, out_features=hidden)
         )
-        if interface.head is not None:
-            try:
-                unwrap(host.get_submodule(interface.head))
-            except AttributeError:
-                pass  # a backbone without a head: nothing to invert
-            else:
-                sites.append(
-                    Site(
-                        path=interface.head,
-                        key=interface.head,
-                        role="head",
-                        in_features=hidden,
-                        out_features=hidden,
-                        peer=emb_path,
-                    )
-                )
+        inverse = _inverse_site(config, host, interface, hidden, emb_path)
+        if inverse is not None:
+            sites.append(inverse)
     return sites
+
+
+def _inverse_site(
+    config: BottleneckConfig, host: nn.Module, interface: HostInterface, hidden: int, emb_path: str
+) -> Site | None:
+    """Where the inverse coupling goes: the head's input, or the output embedding's input (``inverse_at``)."""
+    if config.inverse_at == "head":
+        path, role = interface.head, "head"
+    else:
+        check(
+            interface.decoder_input is not None,
+            f"interface {interface.name!r} names no output-embedding input; use inverse_at='head'",
+        )
+        path, role = interface.decoder_input, "decoder_input"
+    if path is None:
+        return None
+    try:
+        unwrap(host.get_submodule(path))
+    except AttributeError:
+        return None  # a backbone without a head: nothing to invert
+    return Site(path=path, key=path, role=role, in_features=hidden, out_features=hidden, peer=emb_path)
 
 
 def _is_layer_norm(host: nn.Module, path: str) -> bool:
@@ -231,8 +239,8 @@ def build_layer(config: BottleneckConfig, site: Site, peer: AdapterLayer | None)
     """Builds the layer for one site: bottleneck, coupling, or the coupling's inverse."""
     if site.role == "embeddings":
         return InvertibleCoupling(site.out_features, config.invertible_reduction, config.non_linearity)
-    if site.role == "head":
-        assert isinstance(peer, InvertibleCoupling), "the head site is built after its embedding site"
+    if site.role in ("head", "decoder_input"):
+        assert isinstance(peer, InvertibleCoupling), "the inverse's site is built after its embedding site"
         return InverseCoupling(peer)
     bottleneck = max(1, int(site.out_features / config.reduction_factor))
     return BottleneckLayer(site.out_features, bottleneck, config.non_linearity, config.scaling, config.placement)
