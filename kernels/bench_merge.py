@@ -12,12 +12,16 @@ Rows:
 * LoRA r=8 on q and v (24 sites): linear (task arithmetic), TIES and DARE-TIES at density 0.2,
   re-factorised to rank 8 by SVD (dense 768 x 768 delta per site and adapter);
 * bottleneck, reduction 16, after the FFN (12 sites): linear, TIES, DARE (parameter space);
-* checkpoint averaging (uniform and EMA) of 100 checkpoints of one bottleneck adapter.
+* checkpoint averaging (uniform and EMA) of 100 checkpoints of one bottleneck adapter;
+* sparse diffs (LT-SFT), each storing 1% of every encoder linear weight (72 weights, 0.85M
+  entries) at random positions: linear and TIES at density 0.2 (relative to each weight's union
+  of stored positions), and the uniform checkpoint average, all over the union of positions.
 
 Usage:
     python kernels/bench_merge.py                 # 100 adapters, 3 repeats
     python kernels/bench_merge.py --threads 1     # one thread (a machine shared with other jobs)
     python kernels/bench_merge.py --quick         # 10 adapters, 1 repeat (smoke run)
+    python kernels/bench_merge.py --sparse-only   # only the sparse-diff rows
     python kernels/bench_merge.py --out /tmp/bench_merge.json
 
 The markdown table it prints is meant to be pasted into ``kernels/RESULTS.md``.
@@ -42,6 +46,7 @@ from polyglot_adapters import BottleneckConfig, LoraConfig, get_method
 from polyglot_adapters.interfaces import find_interface
 from polyglot_adapters.io import fingerprint
 from polyglot_adapters.merging import SavedAdapter, average_checkpoints, merge_adapters
+from polyglot_adapters.methods.sparse_ft import SparseDiff, average_diffs, merge_diffs
 
 TARGET_S = 30.0
 
@@ -83,12 +88,35 @@ def make_adapters(root: Path, n: int, config, host: torch.nn.Module, seed: int) 
     return paths
 
 
+def make_diffs(root: Path, n: int, host: torch.nn.Module, fraction: float, seed: int) -> list[Path]:
+    """Saves ``n`` sparse diffs storing ``fraction`` of every encoder linear weight of ``host`` at random positions."""
+    base = fingerprint(host, find_interface(host))
+    shapes = {
+        f"{name}.weight": tuple(module.weight.shape)
+        for name, module in host.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("encoder.")
+    }
+    gen = torch.Generator().manual_seed(seed)
+    paths = []
+    for i in range(n):
+        entries = {}
+        for key, shape in shapes.items():
+            size = shape[0] * shape[1]
+            k = int(fraction * size)
+            # 2k draws hold k distinct positions at this density; keep k of them at random.
+            drawn = torch.unique(torch.randint(size, (2 * k,), generator=gen))
+            idx = drawn[torch.randperm(drawn.numel(), generator=gen)[:k]].sort().values
+            entries[key] = (shape, idx, torch.randn(k, generator=gen) * 0.02)
+        paths.append(SparseDiff(base=base, entries=entries).save(root / f"d{i}", f"d{i}"))
+    return paths
+
+
 def load_average() -> float:
     """The 1-minute load average (other processes' demand for the CPUs)."""
     return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").is_file() else float("nan")
 
 
-def timed(job: Callable[[], SavedAdapter], out: Path, repeats: int) -> dict[str, float]:
+def timed(job: Callable[[], SavedAdapter | SparseDiff], out: Path, repeats: int) -> dict[str, float]:
     """Best of ``repeats``: the merge (reading and verifying every source included) and the atomic write."""
     best: dict[str, float] | None = None
     for _ in range(repeats):
@@ -117,6 +145,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 adapters, 1 repeat")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--sparse-only", action="store_true", help="only the sparse-diff rows")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -127,20 +156,31 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        loras = make_adapters(root / "lora", n, lora, host, seed=0)
-        bns = make_adapters(root / "bn", n, bottleneck, host, seed=1)
-        jobs: list[tuple[str, Callable[[], SavedAdapter]]] = [
-            ("LoRA r8 q,v: linear -> rank 8", lambda: merge_adapters(loras, how="linear", rank=8)),
-            ("LoRA r8 q,v: TIES d=0.2 -> rank 8", lambda: merge_adapters(loras, how="ties", density=0.2, rank=8)),
-            (
-                "LoRA r8 q,v: DARE-TIES d=0.2 -> rank 8",
-                lambda: merge_adapters(loras, how="dare_ties", density=0.2, rank=8),
-            ),
-            ("bottleneck r16: linear", lambda: merge_adapters(bns, how="linear")),
-            ("bottleneck r16: TIES d=0.2", lambda: merge_adapters(bns, how="ties", density=0.2)),
-            ("bottleneck r16: DARE d=0.2", lambda: merge_adapters(bns, how="dare", density=0.2)),
-            ("checkpoint average (uniform), bottleneck", lambda: average_checkpoints(bns)),
-            ("checkpoint average (EMA 0.99), LoRA", lambda: average_checkpoints(loras, ema=0.99)),
+        jobs: list[tuple[str, Callable[[], SavedAdapter | SparseDiff]]] = []
+        if not args.sparse_only:
+            loras = make_adapters(root / "lora", n, lora, host, seed=0)
+            bns = make_adapters(root / "bn", n, bottleneck, host, seed=1)
+            jobs += [
+                ("LoRA r8 q,v: linear -> rank 8", lambda: merge_adapters(loras, how="linear", rank=8)),
+                (
+                    "LoRA r8 q,v: TIES d=0.2 -> rank 8",
+                    lambda: merge_adapters(loras, how="ties", density=0.2, rank=8),
+                ),
+                (
+                    "LoRA r8 q,v: DARE-TIES d=0.2 -> rank 8",
+                    lambda: merge_adapters(loras, how="dare_ties", density=0.2, rank=8),
+                ),
+                ("bottleneck r16: linear", lambda: merge_adapters(bns, how="linear")),
+                ("bottleneck r16: TIES d=0.2", lambda: merge_adapters(bns, how="ties", density=0.2)),
+                ("bottleneck r16: DARE d=0.2", lambda: merge_adapters(bns, how="dare", density=0.2)),
+                ("checkpoint average (uniform), bottleneck", lambda: average_checkpoints(bns)),
+                ("checkpoint average (EMA 0.99), LoRA", lambda: average_checkpoints(loras, ema=0.99)),
+            ]
+        diffs = make_diffs(root / "sft", n, host, fraction=0.01, seed=2)
+        jobs += [
+            ("sparse diffs 1%: linear", lambda: merge_diffs(diffs, how="linear")),
+            ("sparse diffs 1%: TIES d=0.2 (of the union)", lambda: merge_diffs(diffs, how="ties", density=0.2)),
+            ("checkpoint average (uniform), sparse diffs 1%", lambda: average_diffs(diffs)),
         ]
         for i, (label, job) in enumerate(jobs):
             figures = timed(job, root / "out" / str(i), repeats)

@@ -19,7 +19,14 @@ from ..registry import get_method
 from .ops import COMBINATIONS, SIGN_METHODS, combine
 from .saved import MergeError, SavedAdapter, check_same_base, natural_key, read_all
 
-__all__ = ["average_checkpoints", "ema_weights", "merge_adapters"]
+__all__ = [
+    "average_checkpoints",
+    "check_merge_options",
+    "check_weights",
+    "checkpoint_weights",
+    "ema_weights",
+    "merge_adapters",
+]
 
 AdapterLike = SavedAdapter | str | os.PathLike[str]
 
@@ -59,20 +66,7 @@ def average_checkpoints(
         BaseModelMismatchError: Checkpoints of different base models.
     """
     adapters = read_all(checkpoints)
-    n = len(adapters)
-    if weights is not None and ema is not None:
-        raise MergeError("give weights or an EMA decay, not both")
-    if ema is not None:
-        weights = ema_weights(n, ema)
-    elif weights is None:
-        weights = [1.0 / n] * n
-    else:
-        weights = _check_weights(weights, n)
-        if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
-            raise MergeError(
-                f"checkpoint-average weights must be >= 0 and sum to 1, got {list(weights)} "
-                f"(sum {sum(weights):.6g}); normalise them"
-            )
+    weights = checkpoint_weights(len(adapters), weights, ema)
     check_same_base(adapters)
     _check_same_config(adapters)
     tensors = {}
@@ -126,13 +120,8 @@ def merge_adapters(
         BaseModelMismatchError: Adapters of different base models.
     """
     loaded = read_all(adapters)
-    weights = [1.0] * len(loaded) if weights is None else _check_weights(weights, len(loaded))
-    if how not in COMBINATIONS:
-        raise MergeError(f"unknown merge {how!r}; choose one of {list(COMBINATIONS)}")
-    if sign_method not in SIGN_METHODS:
-        raise MergeError(f"unknown sign method {sign_method!r}; choose one of {list(SIGN_METHODS)}")
-    if isinstance(density, bool) or not isinstance(density, int | float) or not 0 < density <= 1:
-        raise MergeError(f"density must be in (0, 1], got {density!r}")
+    weights = [1.0] * len(loaded) if weights is None else check_weights(weights, len(loaded))
+    check_merge_options(how, sign_method, density)
     methods = sorted({a.config.method for a in loaded})
     if len(methods) > 1:
         raise MergeError(f"adapters of different methods {methods} cannot be merged; merge each method separately")
@@ -167,7 +156,39 @@ def merge_adapters(
     return SavedAdapter(name=name, config=config, base=loaded[0].base, tensors=tensors, extra={"merge": provenance})
 
 
-def _check_weights(weights: Sequence[float], n: int) -> list[float]:
+def check_merge_options(how: str, sign_method: str, density: float) -> None:
+    """Raises :class:`MergeError` for an unknown merge or sign method or a density outside ``(0, 1]``."""
+    if how not in COMBINATIONS:
+        raise MergeError(f"unknown merge {how!r}; choose one of {list(COMBINATIONS)}")
+    if sign_method not in SIGN_METHODS:
+        raise MergeError(f"unknown sign method {sign_method!r}; choose one of {list(SIGN_METHODS)}")
+    if isinstance(density, bool) or not isinstance(density, int | float) or not 0 < density <= 1:
+        raise MergeError(f"density must be in (0, 1], got {density!r}")
+
+
+def checkpoint_weights(n: int, weights: Sequence[float] | None, ema: float | None) -> list[float]:
+    """The weights of a checkpoint average of ``n`` checkpoints: given (>= 0, summing to 1), EMA or uniform.
+
+    Raises:
+        MergeError: Both ``weights`` and ``ema``, a wrong count, or weights that are negative or do not sum to 1.
+    """
+    if weights is not None and ema is not None:
+        raise MergeError("give weights or an EMA decay, not both")
+    if ema is not None:
+        return ema_weights(n, ema)
+    if weights is None:
+        return [1.0 / n] * n
+    values = check_weights(weights, n)
+    if any(w < 0 for w in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise MergeError(
+            f"checkpoint-average weights must be >= 0 and sum to 1, got {values} "
+            f"(sum {sum(values):.6g}); normalise them"
+        )
+    return values
+
+
+def check_weights(weights: Sequence[float], n: int) -> list[float]:
+    """Returns ``weights`` as floats; raises :class:`MergeError` unless there are ``n`` finite numbers."""
     values = list(weights)
     if len(values) != n:
         raise MergeError(f"got {len(values)} weights for {n} adapters; give one weight per adapter")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["COMBINATIONS", "SIGN_METHODS", "combine"]
+__all__ = ["COMBINATIONS", "SIGN_METHODS", "combine", "keep_largest", "sparsify"]
 
 COMBINATIONS = ("linear", "ties", "dare", "dare_ties")
 SIGN_METHODS = ("total", "frequency")
@@ -50,7 +50,7 @@ def combine(
     kept: list[torch.Tensor] = []  # TIES needs every (sparsified) tensor again after the vote
     votes: torch.Tensor | None = None
     for tensor, weight in zip(tensors, weights, strict=True):
-        tensor = _sparsify(tensor, how, density, generator)
+        tensor = sparsify(tensor, how, density, generator)
         if how in ("linear", "dare"):
             total = tensor * weight if total is None else total.add_(tensor * weight)
             continue
@@ -70,7 +70,7 @@ def combine(
     return total / count.clamp(min=1)
 
 
-def _sparsify(tensor: torch.Tensor, how: str, density: float, generator: torch.Generator | None) -> torch.Tensor:
+def sparsify(tensor: torch.Tensor, how: str, density: float, generator: torch.Generator | None) -> torch.Tensor:
     """DARE: drop entries at random and rescale; TIES: keep the largest magnitudes; else unchanged."""
     if density >= 1 or how == "linear":
         return tensor
@@ -81,10 +81,16 @@ def _sparsify(tensor: torch.Tensor, how: str, density: float, generator: torch.G
         else:
             keep = torch.bernoulli(torch.full_like(tensor, density), generator=generator)
         return tensor * keep / density
-    # TIES: the cut is the k-th largest magnitude (linear-time selection); entries tied with it are kept.
-    k = int(density * tensor.numel())
-    if k == 0:
+    return keep_largest(tensor, int(density * tensor.numel()))
+
+
+def keep_largest(tensor: torch.Tensor, k: int) -> torch.Tensor:
+    """TIES trimming: ``tensor`` with all but its ``k`` largest magnitudes zeroed (entries tied at the cut kept)."""
+    if k >= tensor.numel():
+        return tensor
+    if k <= 0:
         return torch.zeros_like(tensor)
+    # The cut is the k-th largest magnitude (linear-time selection).
     magnitude = tensor.abs()
     rank = tensor.numel() - k  # 0-based position of the cut in ascending order
     flat = magnitude.reshape(-1)

@@ -10,6 +10,7 @@ from ...registry import MethodSpec, register_method
 from .config import SparseFTConfig, decode_mask, encode_mask
 from .diff import SparseDiff, SparseDiffError
 from .layer import SparseDeltaLayer, SparseValuesLayer, build_layer, find_sites, sparse_linear
+from .merge import average_diffs, is_sparse_diff, merge_diffs
 
 __all__ = [
     "SparseDeltaLayer",
@@ -17,8 +18,11 @@ __all__ = [
     "SparseDiffError",
     "SparseFTConfig",
     "SparseValuesLayer",
+    "average_diffs",
     "decode_mask",
     "encode_mask",
+    "is_sparse_diff",
+    "merge_diffs",
     "sparse_linear",
 ]
 
