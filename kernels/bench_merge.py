@@ -14,8 +14,9 @@ Rows:
 * bottleneck, reduction 16, after the FFN (12 sites): linear, TIES, DARE (parameter space);
 * checkpoint averaging (uniform and EMA) of 100 checkpoints of one bottleneck adapter;
 * sparse diffs (LT-SFT), each storing 1% of every encoder linear weight (72 weights, 0.85M
-  entries) at random positions: linear and TIES at density 0.2 (relative to each weight's union
-  of stored positions), and the uniform checkpoint average, all over the union of positions.
+  entries) at random positions: linear, TIES at density 0.2 and 0.01, DARE-TIES at 0.5
+  (relative to each weight's union of stored positions), and the uniform checkpoint average,
+  all over the union of positions.
 
 Usage:
     python kernels/bench_merge.py                 # 100 adapters, 3 repeats
@@ -180,6 +181,11 @@ def main() -> None:
         jobs += [
             ("sparse diffs 1%: linear", lambda: merge_diffs(diffs, how="linear")),
             ("sparse diffs 1%: TIES d=0.2 (of the union)", lambda: merge_diffs(diffs, how="ties", density=0.2)),
+            (
+                "sparse diffs 1%: TIES d=0.01 (of the union; trims)",
+                lambda: merge_diffs(diffs, how="ties", density=0.01),
+            ),
+            ("sparse diffs 1%: DARE-TIES d=0.5", lambda: merge_diffs(diffs, how="dare_ties", density=0.5)),
             ("checkpoint average (uniform), sparse diffs 1%", lambda: average_diffs(diffs)),
         ]
         for i, (label, job) in enumerate(jobs):
