@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polyglot_adapters.kernels import global_topk, sampled_dense_dense, scatter_add_, sparse_delta_matmul
+from polyglot_adapters.kernels import gather_add_, global_topk, sampled_dense_dense, scatter_add_, sparse_delta_matmul
 from polyglot_adapters.methods.sparse_ft import sparse_linear
 
 SHAPES = [(37, 181), (1, 13), (61, 7)]
@@ -41,6 +41,20 @@ def test_scatter_add_applies_several_diffs_in_one_call(dtype: torch.dtype) -> No
     assert out is flat
     assert torch.equal(flat, expected)
     torch.testing.assert_close(flat.double(), exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gather_add_equals_index_add_and_returns_what_it_replaced(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(4)
+    flat = torch.randn(1823 * 7, generator=gen).to(dtype)
+    positions, _, _ = _entries((1823, 7), 2000, seed=5)
+    values = torch.randn(2000, generator=gen)  # float32: rounded to flat's dtype, as index_add_ adds
+    before = flat.clone()
+    expected = before.clone().index_add_(0, positions, values.to(dtype))
+    original = gather_add_(flat, positions, values)
+    assert torch.equal(flat, expected) and torch.equal(original, before[positions])
+    flat.index_copy_(0, positions, original)
+    assert torch.equal(flat, before)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -12,11 +12,13 @@ pytest.importorskip("triton")
 
 from polyglot_adapters.kernels import dispatch  # noqa: E402
 from polyglot_adapters.kernels.reference import (  # noqa: E402
+    gather_add_ref,
     sampled_dense_dense_ref,
     scatter_add_ref,
     sparse_delta_matmul_ref,
 )
 from polyglot_adapters.kernels.triton_sparse import (  # noqa: E402
+    gather_add_triton,
     sampled_dense_dense_triton,
     scatter_add_triton,
     sparse_delta_matmul_triton,
@@ -56,6 +58,19 @@ def test_scatter_add_matches_the_reference_bit_for_bit(device: str, dtype: torch
     out = scatter_add_triton(flat, updates)
     assert out is flat and torch.equal(flat, expected)
     torch.testing.assert_close(flat.double(), exact, **TOL[dtype])
+
+
+@pytest.mark.parametrize("device", CAN_RUN)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gather_add_matches_the_reference_bit_for_bit(device: str, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    flat = torch.randn(1823 * 7, generator=gen).to(device, dtype)
+    positions = torch.randperm(flat.numel(), generator=gen)[:901].sort().values.to(device)
+    values = torch.randn(901, generator=gen).to(device)
+    expected = flat.clone()
+    expected_original = gather_add_ref(expected, positions, values)
+    original = gather_add_triton(flat, positions, values)
+    assert torch.equal(flat, expected) and torch.equal(original, expected_original)
 
 
 @pytest.mark.parametrize("device", CAN_RUN)

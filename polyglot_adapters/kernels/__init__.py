@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .dispatch import global_topk, sampled_dense_dense, scatter_add_, sparse_delta_matmul
+from .dispatch import gather_add_, global_topk, sampled_dense_dense, scatter_add_, sparse_delta_matmul
 
-__all__ = ["global_topk", "sampled_dense_dense", "scatter_add_", "sparse_delta_matmul"]
+__all__ = ["gather_add_", "global_topk", "sampled_dense_dense", "scatter_add_", "sparse_delta_matmul"]

@@ -14,7 +14,13 @@ from types import ModuleType
 
 import torch
 
-from .reference import global_topk_ref, sampled_dense_dense_ref, scatter_add_ref, sparse_delta_matmul_ref
+from .reference import (
+    gather_add_ref,
+    global_topk_ref,
+    sampled_dense_dense_ref,
+    scatter_add_ref,
+    sparse_delta_matmul_ref,
+)
 from .reference_rows import (
     gathered_matmul_grads_ref,
     gathered_matmul_ref,
@@ -23,6 +29,7 @@ from .reference_rows import (
 )
 
 __all__ = [
+    "gather_add_",
     "gathered_matmul",
     "gathered_matmul_grads",
     "gathered_sparse_matmul",
@@ -56,6 +63,12 @@ def scatter_add_(flat: torch.Tensor, updates: Sequence[tuple[torch.Tensor, torch
     """Adds several sparse differences to ``flat`` in place; see :func:`.reference.scatter_add_ref`."""
     fast = _fast(flat)
     return fast.scatter_add_triton(flat, updates) if fast else scatter_add_ref(flat, updates)
+
+
+def gather_add_(flat: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Adds one sparse difference in place and returns the replaced entries; see :func:`.reference.gather_add_ref`."""
+    fast = _fast(flat)
+    return fast.gather_add_triton(flat, indices, values) if fast else gather_add_ref(flat, indices, values)
 
 
 def sparse_delta_matmul(

@@ -132,7 +132,7 @@ def bottleneck_rows(
     """``y[b] + s[a] * up_a(act(down_a(src[b])))`` for each row's bottleneck ``a = index[b]``.
 
     Args:
-        src: ``(B, T, hidden)``: the sub-layer output (series) or input (parallel).
+        src: ``(B, T, hidden)``: what the placement reads (sub-layer output, input, or LayerNorm of both).
         y: ``(B, T, hidden)``.
         down: Stacked ``(n, m, hidden)`` weights and ``(n, m)`` biases (widths zero-padded to ``m``).
         up: Stacked ``(n, hidden, m)`` weights and ``(n, hidden)`` biases.

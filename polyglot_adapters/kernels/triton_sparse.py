@@ -50,6 +50,13 @@ def scatter_add_triton(
     return flat
 
 
+def gather_add_triton(flat: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Adds one sparse difference to ``flat`` in place, returning the replaced entries; see ``gather_add_ref``."""
+    original = flat.index_select(0, indices)
+    scatter_add_triton(flat, [(indices, values, 1.0)])
+    return original
+
+
 @triton.jit
 def _sampled_dense_dense_kernel(
     g_ptr, x_ptr, rows_ptr, cols_ptr, acc_ptr, n_tokens, k, stride_g, stride_x,
