@@ -84,22 +84,32 @@ def merge_adapters_command(
 ) -> None:
     """Merge saved adapters (or sparse diffs) SOURCES into one directory --out (nothing is written on error)."""
     from ..merging import MergeError, average_checkpoints, merge_adapters
-    from ..methods.sparse_ft import is_sparse_diff
+    from ..methods.sparse_ft import average_diffs, is_sparse_diff, merge_diffs
 
+    if how == "checkpoint-average" and density != 1.0:
+        raise MergeError("--density does not apply to checkpoint-average")
+    if how != "checkpoint-average" and ema is not None:
+        raise MergeError("--ema applies to checkpoint-average only")
     kinds = [is_sparse_diff(src) for src in sources]
     if any(kinds):
         if not all(kinds):
             _refuse_mix(sources, kinds)
-        _merge_diffs(sources, how, out, weights, ema, density, sign, rank, seed, name)
+        if rank is not None:
+            raise MergeError("--rank applies to LoRA merges; sparse diffs merge over the union of their positions")
+        if how == "checkpoint-average":
+            diff = average_diffs(list(sources), weights=_weights(weights), ema=ema)
+        else:
+            diff = merge_diffs(
+                list(sources), how=_HOWS[how], weights=_weights(weights), density=density, sign_method=sign, seed=seed
+            )
+        path = diff.save(out, name or (_first_name(sources) if how == "checkpoint-average" else "merged"))
+        _echo_written(path, {"method": "sparse_ft", "merge": how, "sources": len(sources), "entries": diff.nnz})
         return
-
     if how == "checkpoint-average":
-        if rank is not None or density != 1.0:
-            raise MergeError("--rank and --density do not apply to checkpoint-average")
+        if rank is not None:
+            raise MergeError("--rank does not apply to checkpoint-average")
         merged = average_checkpoints(list(sources), weights=_weights(weights), ema=ema, name=name)
     else:
-        if ema is not None:
-            raise MergeError("--ema applies to checkpoint-average only")
         merged = merge_adapters(
             list(sources),
             how=_HOWS[how],
@@ -114,6 +124,12 @@ def merge_adapters_command(
     _echo_written(path, {"method": merged.config.method, "merge": how, "sources": len(sources)})
 
 
+def _first_name(sources: tuple[Path, ...]) -> str:
+    from ..io import read_meta
+
+    return read_meta(sources[0])["name"]
+
+
 def _refuse_mix(sources: tuple[Path, ...], kinds: list[bool]) -> None:
     """Raises a one-line error for sparse diffs mixed with adapters (a missing or broken source reports itself)."""
     from ..io import read_meta
@@ -125,40 +141,6 @@ def _refuse_mix(sources: tuple[Path, ...], kinds: list[bool]) -> None:
     raise MergeError(
         f"{diff} is a sparse diff but {other} is a {method} adapter; sparse diffs merge only with sparse diffs"
     )
-
-
-def _merge_diffs(
-    sources: tuple[Path, ...],
-    how: str,
-    out: Path,
-    weights: str | None,
-    ema: float | None,
-    density: float,
-    sign: str,
-    rank: str | None,
-    seed: int,
-    name: str | None,
-) -> None:
-    """The merge command on sparse-diff directories: ``merge_diffs`` / ``average_diffs``, then ``SparseDiff.save``."""
-    from ..io import read_meta
-    from ..merging import MergeError
-    from ..methods.sparse_ft import average_diffs, merge_diffs
-
-    if rank is not None:
-        raise MergeError("--rank applies to LoRA merges; sparse diffs merge over the union of their positions")
-    if how == "checkpoint-average":
-        if density != 1.0:
-            raise MergeError("--density does not apply to checkpoint-average")
-        merged = average_diffs(list(sources), weights=_weights(weights), ema=ema)
-        name = name or read_meta(sources[0])["name"]
-    else:
-        if ema is not None:
-            raise MergeError("--ema applies to checkpoint-average only")
-        merged = merge_diffs(
-            list(sources), how=_HOWS[how], weights=_weights(weights), density=density, sign_method=sign, seed=seed
-        )
-    path = merged.save(out, name or "merged")
-    _echo_written(path, {"method": "sparse_ft", "merge": how, "sources": len(sources), "entries": merged.nnz})
 
 
 @merge_group.command("per-language")
