@@ -116,3 +116,20 @@ def test_invertible_inverse_site_and_decode_tokens_agree_with_the_full_head(
         torch.testing.assert_close(
             decode_tokens(am.model, hidden.reshape(-1, hidden.shape[-1]), tokens), full.reshape(-1, 50)[:, tokens]
         )
+
+
+def test_decoder_inverse_on_an_xlm_roberta_head() -> None:
+    am = AdaptedModel(make_host("xlm-roberta"))
+    am.add_adapter("sw", BottleneckConfig(invertible=True, inverse_at="decoder"))
+    am.set_active("sw")
+    randomize(am)
+    ids, tokens = torch.randint(3, 50, (2, 6)), torch.tensor([5, 9])
+    head = am.model.lm_head
+    with torch.no_grad():
+        full = am(input_ids=ids).logits
+        hidden = am.model.roberta(input_ids=ids).last_hidden_state
+        coupling = am.model.roberta.embeddings.adapters["sw"]
+        transformed = unwrap(head.layer_norm)(torch.nn.functional.gelu(head.dense(hidden)))
+        torch.testing.assert_close(full, head.decoder(coupling.inverse(transformed)))
+        rows = hidden.reshape(-1, hidden.shape[-1])  # (B*T, H)
+        torch.testing.assert_close(decode_tokens(am.model, rows, tokens), full.reshape(-1, 50)[:, tokens])
