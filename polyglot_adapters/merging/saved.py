@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,15 @@ from ..config import AdapterConfig
 from ..errors import BaseModelMismatchError, ConfigError
 from ..io import read_adapter_config, write_adapter
 
-__all__ = ["FINGERPRINT_FIELDS", "MergeError", "SavedAdapter", "check_same_base", "natural_key", "read_all"]
+__all__ = [
+    "FINGERPRINT_FIELDS",
+    "MergeError",
+    "SavedAdapter",
+    "check_bases",
+    "check_same_base",
+    "natural_key",
+    "read_all",
+]
 
 FINGERPRINT_FIELDS = ("model_type", "hidden_size", "num_layers", "params_sha256")
 
@@ -79,13 +87,24 @@ def read_all(adapters: Sequence[SavedAdapter | str | os.PathLike[str]]) -> list[
 
 def check_same_base(adapters: Sequence[SavedAdapter]) -> None:
     """Raises :class:`BaseModelMismatchError` naming two adapters trained for different bases."""
-    first = adapters[0]
-    for other in adapters[1:]:
+    check_bases([a.base for a in adapters], [a.label for a in adapters], "adapters")
+
+
+def check_bases(bases: Sequence[Mapping[str, Any]], labels: Sequence[str], kind: str) -> None:
+    """Raises :class:`BaseModelMismatchError` naming the first of ``labels`` whose base fingerprint differs.
+
+    Args:
+        bases: Base-model fingerprints, one per merged artifact.
+        labels: How messages name each artifact.
+        kind: What the artifacts are, for the message (``adapters``, ``sparse diffs``).
+    """
+    first = bases[0]
+    for base, label in zip(bases[1:], labels[1:], strict=True):
         for field in FINGERPRINT_FIELDS:
-            if other.base.get(field) != first.base.get(field):
+            if base.get(field) != first.get(field):
                 raise BaseModelMismatchError(
-                    f"{other.label} was trained for a base with {field}={other.base.get(field)!r}, "
-                    f"{first.label} for {first.base.get(field)!r}; only adapters of one base model merge"
+                    f"{label} was made for a base with {field}={base.get(field)!r}, "
+                    f"{labels[0]} for {first.get(field)!r}; only {kind} of one base model merge"
                 )
 
 

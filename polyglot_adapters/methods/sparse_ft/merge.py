@@ -29,7 +29,7 @@ from ...errors import BaseModelMismatchError
 from ...io import CONFIG_NAME
 from ...merging.merge import check_merge_options, check_weights, checkpoint_weights
 from ...merging.ops import keep_largest, sparsify
-from ...merging.saved import FINGERPRINT_FIELDS, MergeError, natural_key
+from ...merging.saved import MergeError, check_bases, natural_key
 from .diff import SparseDiff
 
 __all__ = ["average_diffs", "is_sparse_diff", "merge_diffs"]
@@ -160,14 +160,7 @@ def _read_all(diffs: Sequence[DiffLike]) -> tuple[list[SparseDiff], list[str]]:
     for i, diff in enumerate(diffs):
         loaded.append(diff if isinstance(diff, SparseDiff) else SparseDiff.read(diff))
         labels.append(f"sparse diff #{i + 1}" if isinstance(diff, SparseDiff) else str(diff))
-    first = loaded[0]
-    for other, label in zip(loaded[1:], labels[1:], strict=True):
-        for field in FINGERPRINT_FIELDS:
-            if other.base.get(field) != first.base.get(field):
-                raise BaseModelMismatchError(
-                    f"{label} was made for a base with {field}={other.base.get(field)!r}, {labels[0]} for "
-                    f"{first.base.get(field)!r}; only sparse diffs of one base model merge"
-                )
+    check_bases([d.base for d in loaded], labels, "sparse diffs")
     return loaded, labels
 
 
@@ -229,7 +222,10 @@ def _ties(
     kept = []
     votes = parts[0][1].new_zeros(size)  # (U,)
     for where, values, _ in parts:
-        values = _trim(values, size, density) if how == "ties" else sparsify(values, how, density, generator)
+        # TIES trims each diff's union vector: the cut falls among its unstored zeros unless it stores more.
+        values = (
+            keep_largest(values, int(density * size)) if how == "ties" else sparsify(values, how, density, generator)
+        )
         kept.append(values)
         votes.index_add_(0, where, values if sign_method == "total" else values.sign())
     majority = torch.where(votes >= 0, 1, -1).to(votes.dtype)
@@ -240,15 +236,6 @@ def _ties(
         total.index_add_(0, where, torch.where(agree, values, 0), alpha=weight)
         count.index_add_(0, where, agree.to(votes.dtype))
     return total / count.clamp(min=1)
-
-
-def _trim(values: torch.Tensor, size: int, density: float) -> torch.Tensor:
-    """TIES trimming of a diff's union vector (``size`` entries, zeros outside ``values``), on ``values`` only.
-
-    When ``int(density * size)`` reaches the stored count the cut falls among the unstored zeros
-    and every stored entry is kept, as ``keep_largest`` does.
-    """
-    return keep_largest(values, int(density * size))
 
 
 def _sources(loaded: Sequence[SparseDiff], given: Sequence[DiffLike]) -> list[dict[str, Any]]:
