@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from conftest import host_output, make_host, randomize
+from torch import nn
 from torch.nn import functional as F
 
 from polyglot_adapters import AdaptedModel, BottleneckConfig, LoraConfig
@@ -64,12 +67,29 @@ def test_two_merged_loras_unmerge_in_any_order() -> None:
     assert torch.equal(site.base_layer.weight, original)
 
 
-def test_series_bottleneck_formula() -> None:
+def _active_random(config: BottleneckConfig) -> AdaptedModel:
+    """A tiny BERT host with one randomised, active bottleneck adapter ``b``."""
     am = AdaptedModel(make_host())
-    am.add_adapter("b", BottleneckConfig(reduction_factor=4, non_linearity="gelu", scaling=0.5))
+    am.add_adapter("b", config)
     am.set_active("b")
     am.train_adapters("b")
     randomize(am)
+    return am
+
+
+def _run_capturing(am: AdaptedModel, taps: dict[str, tuple[nn.Module, Callable[..., torch.Tensor]]]) -> dict:
+    """Runs the host once; returns, per name, ``pick(args, out)`` of the named module's forward."""
+    captured = {}
+    for name, (module, pick) in taps.items():
+        module.register_forward_hook(
+            lambda m, args, out, name=name, pick=pick: captured.update({name: pick(args, out)})
+        )
+    am.model(input_ids=torch.randint(0, 50, (2, 6)))
+    return captured
+
+
+def test_series_bottleneck_formula() -> None:
+    am = _active_random(BottleneckConfig(reduction_factor=4, non_linearity="gelu", scaling=0.5))
     site = am.model.get_submodule(FFN_OUT)
     layer = site.adapters["b"]
     assert layer.bn_down.shape == (4, 16) and layer.bn_up.shape == (16, 4)
@@ -79,58 +99,45 @@ def test_series_bottleneck_formula() -> None:
     torch.testing.assert_close(site(x), expected)
 
 
+@torch.no_grad()
 def test_parallel_bottleneck_reads_the_sublayer_input() -> None:
-    host = make_host()
-    am = AdaptedModel(host)
-    am.add_adapter("p", BottleneckConfig.parallel())
-    am.set_active("p")
-    am.train_adapters("p")
-    randomize(am)
-    block = host.bert.encoder.layer[0]
-    captured = {}
-
-    def keep(key: str, value: torch.Tensor) -> None:
-        captured[key] = value
-
-    block.intermediate.register_forward_hook(lambda m, args, out: keep("x", args[0]))
-    block.output.dense.register_forward_hook(lambda m, args, out: keep("y", out))
-    with torch.no_grad():
-        host(input_ids=torch.randint(0, 50, (2, 6)))
-        site = block.output.dense
-        layer = site.adapters["p"]
-        x = captured["x"]
-        base_y = site.base_layer(block.intermediate.intermediate_act_fn(block.intermediate.dense.base_layer(x)))
-        expected = base_y + 4.0 * (F.relu(x @ layer.bn_down.T + layer.bn_down_bias) @ layer.bn_up.T + layer.bn_up_bias)
+    am = _active_random(BottleneckConfig.parallel())
+    block = am.model.bert.encoder.layer[0]
+    captured = _run_capturing(
+        am,
+        {
+            "x": (block.intermediate, lambda args, out: args[0]),
+            "y": (block.output.dense, lambda args, out: out),
+        },
+    )
+    site = block.output.dense
+    layer = site.adapters["b"]
+    x = captured["x"]
+    base_y = site.base_layer(block.intermediate.intermediate_act_fn(block.intermediate.dense.base_layer(x)))
+    expected = base_y + 4.0 * (F.relu(x @ layer.bn_down.T + layer.bn_down_bias) @ layer.bn_up.T + layer.bn_up_bias)
     torch.testing.assert_close(captured["y"], expected)
 
 
+@torch.no_grad()
 def test_pfeiffer_bottleneck_reads_the_base_layernorm_of_the_residual_sum() -> None:
-    host = make_host()
-    am = AdaptedModel(host)
-    am.add_adapter("pf", BottleneckConfig.pfeiffer(reduction_factor=4))
-    am.set_active("pf")
-    am.train_adapters("pf")
-    randomize(am)
-    block = host.bert.encoder.layer[1]
-    captured = {}
-
-    def keep(key: str, value: torch.Tensor) -> None:
-        captured[key] = value
-
-    block.output.register_forward_hook(lambda m, args, out: keep("block_out", out))
-    block.output.register_forward_hook(lambda m, args, out: keep("ffn_in", args[1]))
-    block.output.dense.register_forward_hook(lambda m, args, out: keep("x", args[0]))
-    with torch.no_grad():
-        host(input_ids=torch.randint(0, 50, (2, 6)))
-        site, norm = block.output.dense, block.output.LayerNorm
-        layer = site.adapters["pf"]
-        h, residual = site.base_layer(captured["x"]), captured["ffn_in"]
-        normed = norm(h + residual)
-        branch = F.relu(normed @ layer.bn_down.T + layer.bn_down_bias) @ layer.bn_up.T + layer.bn_up_bias
-        # AdapterHub seq_bn: LN(h + residual + up(act(down(LN(h + residual))))).
-        expected = norm(h + branch + residual)
-    torch.testing.assert_close(captured["block_out"], expected)
-    assert "LayerNorm" not in "".join(am.adapter_state_dict("pf"))
+    am = _active_random(BottleneckConfig.pfeiffer(reduction_factor=4))
+    block = am.model.bert.encoder.layer[1]
+    captured = _run_capturing(
+        am,
+        {
+            "block_out": (block.output, lambda args, out: out),
+            "ffn_in": (block.output, lambda args, out: args[1]),
+            "x": (block.output.dense, lambda args, out: args[0]),
+        },
+    )
+    site, norm = block.output.dense, block.output.LayerNorm
+    layer = site.adapters["b"]
+    h, residual = site.base_layer(captured["x"]), captured["ffn_in"]
+    normed = norm(h + residual)
+    branch = F.relu(normed @ layer.bn_down.T + layer.bn_down_bias) @ layer.bn_up.T + layer.bn_up_bias
+    # AdapterHub seq_bn: LN(h + residual + up(act(down(LN(h + residual))))).
+    torch.testing.assert_close(captured["block_out"], norm(h + branch + residual))
+    assert "LayerNorm" not in "".join(am.adapter_state_dict("b"))
 
 
 def test_pfeiffer_placement_needs_a_post_layernorm_host() -> None:
