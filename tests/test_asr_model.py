@@ -197,6 +197,33 @@ def test_rnnt_loss_decreases_through_the_shared_loop() -> None:
     assert after < 0.6 * before, (before, after)
 
 
+def test_auxiliary_ctc_loss_adds_to_the_transducer_loss_and_is_saved(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = conformer_transducer_tiny(num_symbols=V, ctc_weight=0.25).eval()
+    assert tiny().ctc_output is None and model.ctc_output is not None
+    batch = collate_speech(_memorisation_set(), [0] * 4)
+    with torch.no_grad():
+        total = transducer_loss(model, batch, augment=False)
+        rnnt = transducer_loss(model, batch, augment=False, ctc=False)
+        encodings, lengths = model.transcribe(batch["features"], batch["lengths"])
+        log_probs = torch.log_softmax(model.ctc_output(encodings), dim=-1).transpose(0, 1)
+        ctc = torch.nn.functional.ctc_loss(
+            log_probs, batch["targets"].long(), lengths, batch["target_lengths"].long(), blank=V - 1, reduction="sum"
+        )
+    torch.testing.assert_close(total, 0.75 * rnnt + 0.25 * ctc / 4)
+    assert ctc > 0 and not torch.allclose(total, rnnt)
+    tokenizer = train_tokenizer(["watu wote wamezaliwa huru", "all human beings are born free"], vocab_size=20)
+    saved = conformer_transducer_tiny(num_symbols=tokenizer.num_symbols, ctc_weight=0.25)
+    save_transducer(saved, tokenizer, tmp_path / "m")
+    loaded = load_transducer(tmp_path / "m")[0]
+    assert loaded.config.ctc_weight == 0.25
+    assert torch.equal(loaded.ctc_output.weight, saved.ctc_output.weight)
+    legacy = {k: v for k, v in tiny().config.to_dict().items() if k != "ctc_weight"}  # saved before the field
+    assert ConformerTransducerConfig.from_dict(legacy).ctc_weight == 0
+    with pytest.raises(ConfigError, match="ctc_weight must be in"):
+        ConformerTransducerConfig(input_dim=80, num_symbols=V, ctc_weight=1.0)
+
+
 def test_language_adapters_attach_route_per_stream_and_switch_off() -> None:
     model = tiny().requires_grad_(False)  # frozen host (SDPA's CPU kernel choice depends on requires_grad)
     x, lengths = features(6, [40, 40, 21])

@@ -67,6 +67,10 @@ class ConformerTransducerConfig:
         predictor_layers: Predictor LSTM layers.
         joiner_dim: Joint network size.
         dropout: Dropout in the encoder and predictor.
+        ctc_weight: Weight of an auxiliary CTC loss on the encoder (0 = none). Above 0 the model
+            has a CTC output layer (``ctc_output``, used only by the training loss): the encoder
+            learns to align within a few epochs, where a transducer trained alone from scratch
+            spends its first epochs emitting only blanks.
     """
 
     input_dim: int
@@ -83,16 +87,17 @@ class ConformerTransducerConfig:
     predictor_layers: int = 1
     joiner_dim: int = 256
     dropout: float = 0.1
+    ctc_weight: float = 0.0
 
     model_type = MODEL_TYPE
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name == "dropout":
+            if field.name in ("dropout", "ctc_weight"):
                 check(
                     isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1,
-                    f"dropout must be in [0, 1), got {value!r}",
+                    f"{field.name} must be in [0, 1), got {value!r}",
                 )
                 continue
             minimum = 2 if field.name == "num_symbols" else 0 if field.name == "left_chunks" else 1
@@ -429,6 +434,8 @@ class ConformerTransducer(torchaudio.models.RNNT):
             Joiner(config.hidden_size, config.predictor_dim, config.joiner_dim, config.num_symbols),
         )
         self.config = config
+        # Predicts pieces (and the blank) from encoder frames; only the auxiliary CTC loss reads it.
+        self.ctc_output = nn.Linear(config.hidden_size, config.num_symbols) if config.ctc_weight > 0 else None
 
     @property
     def blank(self) -> int:
@@ -480,6 +487,7 @@ def conformer_transducer(
     predictor_layers: int = 1,
     joiner_dim: int = 256,
     dropout: float = 0.1,
+    ctc_weight: float = 0.0,
 ) -> ConformerTransducer:
     """Builds a streaming Conformer transducer (see :class:`ConformerTransducerConfig` for the arguments).
 
@@ -502,16 +510,21 @@ def conformer_transducer(
             predictor_layers=predictor_layers,
             joiner_dim=joiner_dim,
             dropout=dropout,
+            ctc_weight=ctc_weight,
         )
     )
 
 
-def conformer_transducer_small(*, input_dim: int = 80, num_symbols: int = 257) -> ConformerTransducer:
+def conformer_transducer_small(
+    *, input_dim: int = 80, num_symbols: int = 257, ctc_weight: float = 0.0
+) -> ConformerTransducer:
     """3.8M parameters: 6 layers of 144, 160 ms chunks, 640 ms of attention left context."""
-    return conformer_transducer(input_dim=input_dim, num_symbols=num_symbols)
+    return conformer_transducer(input_dim=input_dim, num_symbols=num_symbols, ctc_weight=ctc_weight)
 
 
-def conformer_transducer_tiny(*, input_dim: int = 80, num_symbols: int = 65) -> ConformerTransducer:
+def conformer_transducer_tiny(
+    *, input_dim: int = 80, num_symbols: int = 65, ctc_weight: float = 0.0
+) -> ConformerTransducer:
     """0.2M parameters, for tests and smoke runs: 2 layers of 64, 80 ms chunks, 160 ms of left context."""
     return conformer_transducer(
         input_dim=input_dim,
@@ -526,4 +539,5 @@ def conformer_transducer_tiny(*, input_dim: int = 80, num_symbols: int = 65) -> 
         predictor_dim=64,
         joiner_dim=64,
         dropout=0.1,
+        ctc_weight=ctc_weight,
     )

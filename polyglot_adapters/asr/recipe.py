@@ -213,17 +213,21 @@ def train_base(
     *,
     preset: str = "cpu",
     config: TrainConfig | None = None,
+    ctc_weight: float = 0.3,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains the multilingual base on all labelled audio; writes ``out_dir/model`` and ``out_dir/report.json``.
 
-    The checkpoint best on the valid set (``valid_loss``) becomes the model.
+    The checkpoint best on the valid set (``valid_loss``) becomes the model. ``ctc_weight`` is the
+    auxiliary CTC loss's share (see ``ConformerTransducerConfig``).
     """
     out = Path(out_dir)
     train_examples = data.select("train_head") + data.select("train_tail")
     torch.manual_seed(0)
-    model = conformer_transducer(input_dim=80, num_symbols=data.tokenizer.num_symbols, **PRESETS[preset])
+    model = conformer_transducer(
+        input_dim=80, num_symbols=data.tokenizer.num_symbols, ctc_weight=ctc_weight, **PRESETS[preset]
+    )
     model.transcriber.set_feature_stats(*feature_stats(train_examples))
     model.to(device)
     config = config or TrainConfig(

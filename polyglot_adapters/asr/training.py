@@ -185,8 +185,13 @@ def transducer_loss(
     *,
     augment: bool = True,
     routes: dict[int, str] | None = None,
+    ctc: bool = True,
 ) -> torch.Tensor:
     """Mean RNN-T loss (torchaudio ``rnnt_loss``) per utterance, with SpecAugment in training mode.
+
+    A model with ``config.ctc_weight = w > 0`` is trained on ``(1 - w) * rnnt + w * ctc`` (CTC on
+    its encoder frames, also a mean per utterance); ``ctc=False`` gives the RNN-T term alone (for
+    evaluation, so that losses compare across models).
 
     Args:
         model: A :class:`ConformerTransducer` or an ``AdaptedModel`` of one.
@@ -194,6 +199,7 @@ def transducer_loss(
         augment: Apply SpecAugment when the model is in training mode.
         routes: Language index to adapter name: each row goes through its language's adapter
             (``Route``); ``None`` keeps the active composition.
+        ctc: Add the auxiliary CTC term where the model has one.
     """
     host = _host(model)
     features = batch["features"]
@@ -201,18 +207,33 @@ def transducer_loss(
         features = spec_augment(features)
     if routes is not None and isinstance(model, AdaptedModel):
         model.set_active(Route(batch["language"], routes))
-    targets = batch["targets"]
+    targets, target_lengths = batch["targets"], batch["target_lengths"]
     start = torch.full((targets.shape[0], 1), host.blank, dtype=torch.long, device=targets.device)
     predictor_input = torch.cat([start, targets.long()], dim=1)  # (B, U + 1): blank starts every row
-    logits, logit_lengths, _, _ = model(features, batch["lengths"], predictor_input, batch["target_lengths"] + 1)
-    return torchaudio.functional.rnnt_loss(
-        logits.float(),
-        targets.int(),
-        logit_lengths.int(),
-        batch["target_lengths"].int(),
-        blank=host.blank,
-        reduction="mean",
+    # The host's parts are called one by one (adapters live inside them) to keep the encodings for CTC.
+    encodings, enc_lengths = host.transcribe(features, batch["lengths"])  # (B, T', D)
+    predictions, pred_lengths, _ = host.predict(predictor_input, target_lengths + 1, None)  # (B, U + 1, P)
+    logits, logit_lengths, _ = host.join(encodings, enc_lengths, predictions, pred_lengths)  # (B, T', U + 1, V)
+    loss = torchaudio.functional.rnnt_loss(
+        logits.float(), targets.int(), logit_lengths.int(), target_lengths.int(), blank=host.blank, reduction="mean"
     )
+    weight = host.config.ctc_weight
+    if not ctc or host.ctc_output is None or weight == 0:
+        return loss
+    log_probs = torch.log_softmax(host.ctc_output(encodings).float(), dim=-1).transpose(0, 1)  # (T', B, V)
+    ctc_loss = (
+        nn.functional.ctc_loss(
+            log_probs,
+            targets.long(),
+            enc_lengths,
+            target_lengths.long(),
+            blank=host.blank,
+            reduction="sum",
+            zero_infinity=True,
+        )
+        / targets.shape[0]
+    )
+    return (1 - weight) * loss + weight * ctc_loss
 
 
 @torch.no_grad()
@@ -264,7 +285,9 @@ def evaluate(
             for start in range(0, len(examples), batch_size):
                 part = list(examples[start : start + batch_size])
                 batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
-                losses.append(float(transducer_loss(model, batch, augment=False, routes=routes)) * len(part))
+                losses.append(
+                    float(transducer_loss(model, batch, augment=False, routes=routes, ctc=False)) * len(part)
+                )
                 tokens = transcribe_features(model, batch["features"], batch["lengths"])
                 hypotheses += [tokenizer.decode(h) for h in tokens]
     finally:

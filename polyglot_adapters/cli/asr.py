@@ -106,9 +106,24 @@ def data_command(
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1, 1_000_000), default=250, show_default=True)
+@click.option(
+    "--ctc-weight",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.3,
+    show_default=True,
+    help="Share of the auxiliary CTC loss on the encoder (0 = RNN-T alone).",
+)
 @_DEVICE_OPTION
 def train_base_command(
-    data_dir: Path, out: Path, preset: str, steps: int, batch_size: int, lr: float, eval_every: int, device: str
+    data_dir: Path,
+    out: Path,
+    preset: str,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    eval_every: int,
+    ctc_weight: float,
+    device: str,
 ) -> None:
     """Train the multilingual base transducer on every language's labelled audio (OUT/model, OUT/report.json)."""
     from ..asr.recipe import SpeechData, train_base
@@ -123,7 +138,9 @@ def train_base_command(
         save_every=eval_every,
         best_metric="valid_loss",
     )
-    report = train_base(SpeechData.load(data_dir), out, preset=preset, config=config, device=device)
+    report = train_base(
+        SpeechData.load(data_dir), out, preset=preset, config=config, ctc_weight=ctc_weight, device=device
+    )
     click.echo(json.dumps(report, indent=2, sort_keys=True))
 
 
