@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from polyglot_adapters.asr import SpeechExample, load_transducer, pseudo_label, train_tokenizer, transducer_loss
@@ -13,9 +14,11 @@ from polyglot_adapters.asr.recipe import (
     fine_tune_language,
     train_base,
     train_language_adapter,
+    train_language_adapters,
 )
 from polyglot_adapters.asr.training import collate_speech, transcribe_features
 from polyglot_adapters.cli.main import main
+from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.model import AdaptedModel
 from polyglot_adapters.training import TrainConfig
 
@@ -109,3 +112,51 @@ def test_recipe_steps_end_to_end(tmp_path) -> None:
     from_bundle = evaluate_languages(tmp_path / "base" / "model", data, bundle=tmp_path / "bundle")
     assert from_bundle["sw"] == table["sw"] and "lda_wer" not in from_bundle["de"]
     assert main(["asr", "bundle", "--lda", "sw", "--out", str(tmp_path / "b2")]) != 0
+
+
+def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
+    data = corpus()
+    data.splits["train_tail"] += data.select("train_head", "de")[:4]  # de becomes a second tail language
+    data.splits["unlabelled"] += data.select("train_head", "de")[4:]
+    quick = TrainConfig(steps=3, batch_size=2, eval_every=3, save_every=3, best_metric="valid_loss")
+    train_base(data, tmp_path / "base", preset="tiny", config=quick, progress=False)
+    base = tmp_path / "base" / "model"
+    config = TrainConfig(steps=4, lr=5e-2, batch_size=4, eval_every=2, save_every=2, best_metric="valid_wer")
+    report = train_language_adapters(
+        base, data, ["sw", "de"], tmp_path / "joint", config=config, noisy_student=True, progress=False
+    )
+    lines = [json.loads(line) for line in (tmp_path / "joint" / "run" / "selection.jsonl").read_text().splitlines()]
+    assert report["evaluations"] == 4 and len(lines) == 8  # two evaluations per round, two rounds
+    for language in ("sw", "de"):
+        mine = [line for line in lines if line["language"] == language]
+        best = min(mine, key=lambda line: line["score"])  # the first of equal scores
+        assert report["selected"][language] == f"run/{best['checkpoint']}"
+    # The bundle decodes exactly like the selected checkpoints loaded one by one.
+    selected = {lang: tmp_path / "joint" / path for lang, path in report["selected"].items()}
+    table = evaluate_languages(base, data, adapters=selected)
+    for language in ("sw", "de"):
+        assert report["test"][language]["bundle"] == {k[4:]: v for k, v in table[language].items() if k[:4] == "lda_"}
+        assert report["test"][language]["base"]["wer"] == table[language]["base_wer"]
+    assert set(report["test"]["sw"]) == {"base", "bundle", "best_mean_checkpoint", "last_checkpoint"}
+    first = AdaptedModel(load_transducer(base)[0])
+    first.load_adapter(tmp_path / "joint" / "run" / "evals" / "eval-000" / "sw", name="sw")
+    assert any(t.abs().sum() > 0 for k, t in first.adapter_state_dict("sw").items() if "up" in k)  # it trained
+
+    with pytest.raises(ConfigError, match="give each language once"):
+        train_language_adapters(base, data, ["sw", "sw"], tmp_path / "x", config=config, progress=False)
+    with pytest.raises(ConfigError, match="no labelled tail audio"):
+        train_language_adapters(base, data, ["sw", "xx"], tmp_path / "x", config=config, progress=False)
+    data.save(tmp_path / "features")
+    command = [
+        "asr",
+        "train-lda",
+        "--model",
+        str(base),
+        "--data",
+        str(tmp_path / "features"),
+        "--out",
+        str(tmp_path / "y"),
+    ]
+    assert main([*command, "--lang", "sw,de", "--full"]) != 0  # full fine-tuning is one language per run
+    assert main([*command, "--lang", "sw,xx"]) != 0
+    assert not (tmp_path / "y").exists()

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from ..data import load_udhr
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
-from ..merging import SavedAdapter, load_bundle, write_bundle
+from ..merging import SavedAdapter, load_bundle, merge_per_language, write_bundle
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training import TrainConfig
@@ -52,6 +53,7 @@ __all__ = [
     "make_corpus",
     "train_base",
     "train_language_adapter",
+    "train_language_adapters",
 ]
 
 HEAD_LANGUAGES = ("en", "de", "es", "fr", "fi")
@@ -349,6 +351,145 @@ def train_language_adapter(
     }
     _write_json(out / "report.json", report)
     return report
+
+
+def train_language_adapters(
+    model_dir: str | os.PathLike[str],
+    data: SpeechData,
+    languages: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    reduction_factor: float = 20.0,
+    config: TrainConfig | None = None,
+    noisy_student: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains several tail languages' adapters at once, then keeps each language's best checkpoint.
+
+    Every batch mixes the languages' labelled audio and routes each row to its own language's
+    adapter (``Route``), so one run trains them all with the base frozen. Every evaluation saves
+    each language's adapter (``out_dir/run/evals/eval-NNN/<language>``) and logs its valid WER
+    and loss (``out_dir/run/selection.jsonl``). Languages peak at different points, so the
+    final bundle (``out_dir/bundle``) takes each language's adapter from the evaluation where
+    that language's valid WER was lowest (its valid loss breaks ties): the paper's per-language
+    best-checkpoint merge. With ``noisy_student``, a second round trains on labelled plus
+    pseudo-labelled ``unlabelled`` audio (teacher: the base with the first round's bundle) and its
+    evaluations join the selection.
+
+    Writes ``out_dir/report.json``: per language, test WER/CER of the base, of the bundle, of the
+    last checkpoint and of the single evaluation best on the mean valid WER.
+
+    Raises:
+        ConfigError: An unknown or repeated language, or one without labelled audio.
+    """
+    if not languages or len(set(languages)) != len(languages):
+        raise ConfigError(f"give each language once, got {list(languages)}")
+    for language in languages:
+        if language not in data.languages or not data.select("train_tail", language):
+            raise ConfigError(f"{language!r} has no labelled tail audio in this corpus ({data.languages})")
+    out = Path(out_dir)
+    model, tokenizer, _ = load_transducer(model_dir)
+    model.requires_grad_(False).to(device)
+    am = AdaptedModel(model)
+    for language in languages:
+        am.add_adapter(language, language_adapter_config(reduction_factor))
+    routes = {data.languages.index(language): language for language in languages}
+    valid = {language: data.select("valid", language) for language in languages}
+    labelled = [e for language in languages for e in data.select("train_tail", language)]
+    config = config or TrainConfig(
+        steps=300, lr=3e-3, warmup_steps=30, batch_size=16, eval_every=50, save_every=50, best_metric="valid_wer"
+    )
+    selection_log = out / "run" / "selection.jsonl"
+
+    def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+        evals = out / "run" / "evals"
+        index = len(list(evals.glob("eval-*"))) if evals.is_dir() else 0
+        metrics, lines = {}, []
+        for language in languages:
+            result = evaluate(m, valid[language], tokenizer, routes=routes)
+            checkpoint = Path("evals") / f"eval-{index:03d}" / language
+            am.save_adapter(language, out / "run" / checkpoint)
+            metrics[f"valid_wer/{language}"] = result["wer"]
+            metrics[f"valid_loss/{language}"] = result["loss"]
+            # WER first; the loss (scaled below one WER step) breaks ties between equal WERs.
+            score = result["wer"] + 1e-6 * result["loss"]
+            lines.append({"language": language, "checkpoint": str(checkpoint), "eval": index, "score": score})
+        metrics["valid_wer"] = sum(metrics[f"valid_wer/{lang}"] for lang in languages) / len(languages)
+        with selection_log.open("a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(line) + "\n" for line in lines)
+        return metrics
+
+    def run(examples: list[SpeechExample], name: str) -> None:
+        am.train_adapters(*languages)
+        train_transducer(
+            am, examples, [], tokenizer, config, out_dir=out / name, routes=routes, progress=progress, eval_fn=eval_fn
+        )
+
+    clock = time.perf_counter()
+    (out / "run").mkdir(parents=True, exist_ok=True)
+    run(labelled, "run")
+    pseudo: list[SpeechExample] = []
+    if noisy_student:
+        merge_per_language(selection_log, out / "teacher", metric="score")
+        teacher = _adapted(model_dir, device, bundle=out / "teacher")
+        unlabelled = [e for language in languages for e in data.select("unlabelled", language)]
+        pseudo = pseudo_label(teacher, unlabelled, tokenizer, routes=routes)
+        run(labelled + pseudo, "student")
+    seconds = time.perf_counter() - clock
+    selections = merge_per_language(selection_log, out / "bundle", metric="score")
+    evals: dict[int, list[float]] = {}
+    for line in selection_log.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        evals.setdefault(record["eval"], []).append(record["score"])
+    best_mean = min(evals, key=lambda i: (sum(evals[i]) / len(evals[i]), i))
+    variants: dict[str, dict[str, Any]] = {
+        "base": {},
+        "bundle": {"bundle": out / "bundle"},
+        "best_mean_checkpoint": {lang: out / "run" / "evals" / f"eval-{best_mean:03d}" / lang for lang in languages},
+        "last_checkpoint": {lang: out / "run" / "evals" / f"eval-{max(evals):03d}" / lang for lang in languages},
+    }
+    test: dict[str, dict[str, dict[str, float]]] = {lang: {} for lang in languages}
+    for variant, sources in variants.items():
+        bundle = sources.pop("bundle", None)
+        adapted = _adapted(model_dir, device, bundle=bundle, adapters=sources)
+        for language in languages:
+            test[language][variant] = evaluate(
+                adapted, data.select("test", language), tokenizer, routes=routes if variant != "base" else None
+            )
+    report = {
+        "languages": list(languages),
+        "device": device,
+        "train_utterances": len(labelled),
+        "pseudo_labelled_utterances": len(pseudo),
+        "adapter_parameters": am.num_parameters(languages[0]),
+        "adapter_fraction": am.num_parameters(languages[0]) / sum(p.numel() for p in model.parameters()),
+        "train_seconds": seconds,
+        "config": config.to_dict(),
+        "evaluations": len(evals),
+        "best_mean_eval": best_mean,
+        "selected": {lang: str(sel.checkpoint.relative_to(out)) for lang, sel in selections.items()},
+        "test": test,
+    }
+    _write_json(out / "report.json", report)
+    return report
+
+
+def _adapted(
+    model_dir: str | os.PathLike[str],
+    device: str,
+    *,
+    bundle: str | os.PathLike[str] | None = None,
+    adapters: dict[str, str | os.PathLike[str]] | None = None,
+) -> AdaptedModel:
+    """The frozen base with a bundle's and/or saved adapters attached, each under its language."""
+    model, _, _ = load_transducer(model_dir)
+    am = AdaptedModel(model.requires_grad_(False).to(device))
+    if bundle is not None:
+        load_bundle(am, bundle)
+    for language, directory in (adapters or {}).items():
+        am.load_adapter(directory, name=language)
+    return am
 
 
 def fine_tune_language(

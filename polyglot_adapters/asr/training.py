@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +349,7 @@ def train_transducer(
     out_dir: str | os.PathLike[str] | None = None,
     routes: dict[int, str] | None = None,
     save_fn: Any = None,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Trains a transducer (or its adapters) with the shared loop; evaluates ``valid_loss``/``valid_wer``.
@@ -366,6 +367,7 @@ def train_transducer(
         out_dir: Run directory (checkpoints, metrics, best model).
         routes: Language index to adapter name, for per-row adapters.
         save_fn: ``(model, directory) -> None`` for the best model.
+        eval_fn: ``model -> metrics`` in place of the evaluation on ``valid_examples``.
         progress: Show a progress bar.
     """
     frozen_norms = [
@@ -380,7 +382,7 @@ def train_transducer(
             module.eval()
         return transducer_loss(m, batch, routes=routes)
 
-    def eval_fn(m: nn.Module) -> dict[str, float]:
+    def valid_fn(m: nn.Module) -> dict[str, float]:
         return {f"valid_{k}": v for k, v in evaluate(m, valid_examples, tokenizer, routes=routes).items()}
 
     return train(
@@ -390,7 +392,7 @@ def train_transducer(
         loss_fn,
         config,
         out_dir=out_dir,
-        eval_fn=eval_fn if valid_examples else None,
+        eval_fn=eval_fn or (valid_fn if valid_examples else None),
         save_fn=save_fn,
         progress=progress,
     )

@@ -147,7 +147,12 @@ def train_base_command(
 @asr_group.command("train-lda")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True)
 @_DATA_OPTION
-@click.option("--lang", "language", required=True)
+@click.option(
+    "--lang",
+    "language",
+    required=True,
+    help="A language, or several (sw,om,tn,af) trained at once: per-row routing, per-language best checkpoints.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--reduction-factor", type=float, default=20.0, show_default=True)
 @click.option("--full", is_flag=True, help="Fine-tune the whole model instead (the baseline for the adapter).")
@@ -171,16 +176,23 @@ def train_lda_command(
     eval_every: int,
     device: str,
 ) -> None:
-    """Train one tail language's adapter with the base frozen (OUT/adapter, OUT/report.json).
+    """Train tail languages' adapters with the base frozen (OUT/adapter or OUT/bundle, OUT/report.json).
 
-    With --full, fine-tune the whole model on the same data instead (OUT/model): the baseline.
+    One language: OUT/adapter, its best checkpoint by valid loss. Several (--lang sw,om,tn,af):
+    one run routes each row to its language's adapter and OUT/bundle keeps each language's
+    checkpoint with the lowest valid WER. With --full, fine-tune the whole model on one
+    language's data instead (OUT/model): the baseline.
     """
-    from ..asr.recipe import SpeechData, fine_tune_language, train_language_adapter
+    from ..asr.recipe import SpeechData, fine_tune_language, train_language_adapter, train_language_adapters
     from ..training import TrainConfig
 
     data = SpeechData.load(data_dir)
-    if language not in data.languages:
-        raise click.BadParameter(f"{language!r} is not in the data's languages {data.languages}", param_hint="--lang")
+    languages = [code.strip() for code in language.split(",") if code.strip()]
+    for code in languages:
+        if code not in data.languages:
+            raise click.BadParameter(f"{code!r} is not in the data's languages {data.languages}", param_hint="--lang")
+    if full and len(languages) > 1:
+        raise click.BadParameter("--full fine-tunes one language per run; give one language", param_hint="--lang")
     config = TrainConfig(
         steps=steps,
         lr=lr,
@@ -188,15 +200,26 @@ def train_lda_command(
         batch_size=batch_size,
         eval_every=eval_every,
         save_every=eval_every,
-        best_metric="valid_loss",
+        best_metric="valid_loss" if len(languages) == 1 else "valid_wer",
     )
-    if full:
-        report = fine_tune_language(model_dir, data, language, out, config=config, device=device)
+    if len(languages) > 1:
+        report = train_language_adapters(
+            model_dir,
+            data,
+            languages,
+            out,
+            reduction_factor=reduction_factor,
+            config=config,
+            noisy_student=noisy_student,
+            device=device,
+        )
+    elif full:
+        report = fine_tune_language(model_dir, data, languages[0], out, config=config, device=device)
     else:
         report = train_language_adapter(
             model_dir,
             data,
-            language,
+            languages[0],
             out,
             reduction_factor=reduction_factor,
             config=config,
