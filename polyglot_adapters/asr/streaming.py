@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,7 +27,7 @@ from .recipe import language_adapter_config
 from .tokenizer import SpeechTokenizer
 from .training import load_transducer
 
-__all__ = ["BASE", "Recognizer", "StreamResult"]
+__all__ = ["BASE", "Recognizer", "StreamResult", "StreamTiming"]
 
 BASE = "base"
 """Name of the identity adapter that streams without a language adapter are routed to."""
@@ -51,6 +52,58 @@ class StreamResult:
     partials: list[str]
     audio_seconds: float
     chunk_seconds: list[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamTiming:
+    """How fast a :meth:`Recognizer.stream` call ran.
+
+    Attributes:
+        streams: Concurrent streams.
+        audio_seconds: The longest stream's audio.
+        wall_seconds: Wall time of the whole call.
+        rtf: Real-time factor, ``wall_seconds / audio_seconds``.
+        chunk_p50_ms: Median compute time of one step (a chunk of every stream), in ms.
+        chunk_p95_ms: Its 95th percentile (nearest rank below), in ms.
+        steps: Steps (chunks) timed.
+    """
+
+    streams: int
+    audio_seconds: float
+    wall_seconds: float
+    rtf: float
+    chunk_p50_ms: float
+    chunk_p95_ms: float
+    steps: int
+
+    @classmethod
+    def of(cls, results: Sequence[StreamResult], wall_seconds: float) -> StreamTiming:
+        """The timing of one :meth:`Recognizer.stream` call from its results and measured wall time.
+
+        Raises:
+            ValueError: If there are no results.
+        """
+        if not results:
+            raise ValueError("no stream results to time")
+        audio_seconds = max(r.audio_seconds for r in results)
+        chunk = sorted(results[0].chunk_seconds)  # the streams of a batch share their steps
+        return cls(
+            streams=len(results),
+            audio_seconds=audio_seconds,
+            wall_seconds=wall_seconds,
+            rtf=wall_seconds / audio_seconds,
+            chunk_p50_ms=statistics.median(chunk) * 1000 if chunk else 0.0,
+            chunk_p95_ms=chunk[min(len(chunk) - 1, int(0.95 * len(chunk)))] * 1000 if chunk else 0.0,
+            steps=len(chunk),
+        )
+
+    def describe(self, *, chunk_ms: int, threads: int) -> str:
+        """One line: real-time factor and per-chunk compute p50/p95."""
+        return (
+            f"real-time factor {self.rtf:.3f} ({self.streams} stream(s), {threads} thread(s)); "
+            f"per-chunk compute p50 {self.chunk_p50_ms:.1f} ms, p95 {self.chunk_p95_ms:.1f} ms "
+            f"for {chunk_ms} ms chunks"
+        )
 
 
 class Recognizer:

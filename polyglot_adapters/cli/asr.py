@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -307,7 +306,7 @@ def stream_command(
     import torch
 
     from ..asr import read_audio
-    from ..asr.streaming import Recognizer
+    from ..asr.streaming import Recognizer, StreamTiming
 
     torch.set_num_threads(threads)
     streams = _parse_streams(audio, language)
@@ -325,17 +324,56 @@ def stream_command(
 
     clock = time.perf_counter()
     results = recognizer.stream(waves, [lang for _, lang in streams], chunk_ms=int(chunk_ms), on_partial=partial)
-    wall = time.perf_counter() - clock
-    audio_seconds = max(r.audio_seconds for r in results)
-    chunk = sorted(results[0].chunk_seconds)
+    timing = StreamTiming.of(results, time.perf_counter() - clock)
     for i, ((path, lang), result) in enumerate(zip(streams, results, strict=True)):
         click.echo(f"[{i}] {path} ({lang}, adapter {result.adapter}): {result.text}")
-    p50 = statistics.median(chunk) * 1000
-    p95 = chunk[min(len(chunk) - 1, int(0.95 * len(chunk)))] * 1000
-    click.echo(
-        f"real-time factor {wall / audio_seconds:.3f} ({len(streams)} stream(s), {threads} thread(s)); "
-        f"per-chunk compute p50 {p50:.1f} ms, p95 {p95:.1f} ms for {chunk_ms} ms chunks"
+    click.echo(timing.describe(chunk_ms=int(chunk_ms), threads=threads))
+
+
+@asr_group.command("demo")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A model directory (`asr train-base`)  [default: the checkpoint shipped in the package]",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A bundle of adapters (`asr bundle`)  [default: the shipped one, or the --model directory's own]",
+)
+@click.option("--langs", default="sw,om,de,en", show_default=True, help="One stream per language (comma-separated).")
+@click.option("--chunk-ms", type=click.Choice(["160", "320", "640"]), default="320", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the phrases and voices.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the results as JSON here.")
+def demo_command(
+    model_dir: Path | None, bundle: Path | None, langs: str, chunk_ms: str, threads: int, seed: int, out: Path | None
+) -> None:
+    """Stream one held-out UDHR phrase per language (spoken by espeak-ng) as concurrent streams, printing partials.
+
+    Each stream uses its language's adapter from the bundle, or the base model when it has none.
+    Prints each stream's final text against its reference (WER/CER), the real-time factor and
+    per-chunk compute latency p50/p95.
+    """
+    from ..asr.demo import run_demo
+
+    languages = [code.strip() for code in langs.split(",")]
+    if not all(languages):
+        raise click.BadParameter(f"{langs!r} is not a comma-separated list of languages", param_hint="--langs")
+    results = run_demo(
+        model_dir=model_dir,
+        bundle=bundle,
+        languages=languages,
+        chunk_ms=int(chunk_ms),
+        threads=threads,
+        seed=seed,
+        echo=click.echo,
     )
+    if out is not None:
+        _write_json(out, results)
 
 
 @asr_group.command("transcribe")
