@@ -1,46 +1,59 @@
 #!/usr/bin/env bash
-# Trains and evaluates the speech recipe from a feature directory written by `polyglot-adapters asr data`.
+# The whole speech recipe, sized for a 2-core CPU (about 90 minutes there): corpus, base, tail-language adapters, baselines, evaluation.
 #
 # Usage:
-#     polyglot-adapters asr data --out runs/asr/corpus                  # espeak-ng + UDHR -> runs/asr/corpus/features
-#     asr/run_recipe.sh runs/asr/corpus/features runs/asr cuda           # or cpu (slow)
-#     PRESET=tiny BASE_STEPS=200 LDA_STEPS=50 asr/run_recipe.sh FEATURES OUT cpu   # a quick smoke run
-#     NOISY=1 asr/run_recipe.sh ...    # LDAs get a noisy-student round (needs `asr data --unlabelled`)
+#     asr/run_recipe.sh runs/asr                     # everything, on the CPU
+#     asr/run_recipe.sh runs/asr cuda                 # the same on a GPU
+#     PRESET=tiny BASE_STEPS=100 LDA_STEPS=20 FULL_STEPS=20 asr/run_recipe.sh runs/asr-smoke   # a quick smoke run
 #
-# Steps: the multilingual base (every language's labelled audio), then for each tail language a
-# language-dependent adapter (base frozen) and, as its baseline, full fine-tuning on the same
-# audio (run side by side), then the adapters' best checkpoints go into one bundle file, then
-# per-language test WER/CER of the base and of the base + the language's adapter from the bundle.
-# Writes OUT/base/{model,report.json}, OUT/lda/LANG/{adapter,report.json}, OUT/full/LANG/report.json,
-# OUT/bundle/{bundle.json,bundle.safetensors}, OUT/eval.json and a log per step in OUT/logs/.
+# Steps (each is skipped when its output exists, so a killed run continues where it stopped):
+#   1. `asr data`: espeak-ng speaks UDHR phrases (3 renditions per head-language phrase, 2 per
+#      labelled tail phrase, plus unlabelled tail audio) -> OUT/corpus, feature packs in OUT/corpus/features;
+#   2. `asr train-base`: the multilingual base on every language's labelled audio (RNN-T + 0.3 CTC) -> OUT/base;
+#   3. `asr train-lda --lang sw,om,tn,af --noisy-student`: the tail languages' adapters in one routed run, base
+#      frozen, then a noisy-student round; each language keeps its best checkpoint -> OUT/lda/bundle;
+#   4. `asr train-lda --full --lang L` for each tail language: full fine-tuning, the adapters' baseline -> OUT/full/L;
+#   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json.
+# Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS.
 set -euo pipefail
-FEATURES=${1:?feature directory}
-OUT=${2:?output directory}
-DEVICE=${3:-cpu}
+OUT=${1:?output directory}
+DEVICE=${2:-cpu}
 PRESET=${PRESET:-cpu}
-BASE_STEPS=${BASE_STEPS:-3000}
+BASE_STEPS=${BASE_STEPS:-1200}
 LDA_STEPS=${LDA_STEPS:-300}
-EVAL_EVERY=${EVAL_EVERY:-250}
+FULL_STEPS=${FULL_STEPS:-300}
 TAIL=${TAIL:-sw om tn af}
 PA=${PA:-polyglot-adapters}
+export OMP_NUM_THREADS=${THREADS:-2}
+FEATURES="$OUT/corpus/features"
 mkdir -p "$OUT/logs"
+SECONDS=0
+step() { echo "[$(date +%H:%M:%S) +${SECONDS}s] $*"; }
 
-$PA asr train-base --data "$FEATURES" --out "$OUT/base" --preset "$PRESET" --steps "$BASE_STEPS" \
-    --batch-size 32 --lr 2e-3 --eval-every "$EVAL_EVERY" --device "$DEVICE" > "$OUT/logs/base.log" 2>&1
-tail -n 12 "$OUT/logs/base.log"
-
+if [ ! -f "$FEATURES/test.safetensors" ]; then
+    step "corpus"
+    $PA asr data --out "$OUT/corpus" --head-renditions 3 --unlabelled > "$OUT/logs/data.log" 2>&1
+fi
+if [ ! -f "$OUT/base/model/model.json" ]; then
+    step "base ($PRESET, $BASE_STEPS steps of 32)"
+    $PA asr train-base --data "$FEATURES" --out "$OUT/base" --preset "$PRESET" --steps "$BASE_STEPS" \
+        --batch-size 32 --lr 2e-3 --eval-every 150 --ctc-weight 0.3 --device "$DEVICE" > "$OUT/logs/base.log" 2>&1
+fi
+if [ ! -f "$OUT/lda/report.json" ]; then
+    step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16, then a noisy-student round)"
+    $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "${TAIL// /,}" --out "$OUT/lda" \
+        --steps "$LDA_STEPS" --batch-size 16 --lr 3e-3 --eval-every 50 --noisy-student --device "$DEVICE" \
+        > "$OUT/logs/lda.log" 2>&1
+fi
 for lang in $TAIL; do
-    $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "$lang" --out "$OUT/lda/$lang" \
-        --steps "$LDA_STEPS" --batch-size 16 --lr 3e-3 --eval-every 50 --device "$DEVICE" ${NOISY:+--noisy-student} \
-        > "$OUT/logs/lda-$lang.log" 2>&1 &
-    $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "$lang" --out "$OUT/full/$lang" --full \
-        --steps "$LDA_STEPS" --batch-size 16 --lr 5e-4 --eval-every 50 --device "$DEVICE" \
-        > "$OUT/logs/full-$lang.log" 2>&1 &
+    if [ ! -f "$OUT/full/$lang/report.json" ]; then
+        step "full fine-tuning on $lang ($FULL_STEPS steps of 8)"
+        $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "$lang" --out "$OUT/full/$lang" --full \
+            --steps "$FULL_STEPS" --batch-size 8 --lr 5e-4 --eval-every 50 --device "$DEVICE" \
+            > "$OUT/logs/full-$lang.log" 2>&1
+    fi
 done
-wait
-
-ldas=()
-for lang in $TAIL; do ldas+=(--lda "$lang=$OUT/lda/$lang"); done
-$PA asr bundle "${ldas[@]}" --out "$OUT/bundle"
-$PA asr evaluate --model "$OUT/base/model" --data "$FEATURES" --bundle "$OUT/bundle" --out "$OUT/eval.json" \
+step "evaluation"
+$PA asr evaluate --model "$OUT/base/model" --data "$FEATURES" --bundle "$OUT/lda/bundle" --out "$OUT/eval.json" \
     --device "$DEVICE" | tee "$OUT/logs/eval.log"
+step "done"
