@@ -1,7 +1,7 @@
 """Times streaming decoding: real-time factor and per-chunk compute latency, one CPU thread.
 
 Usage:
-    python asr/bench_streaming.py --model runs/asr/base/model --adapter sw=runs/asr/lda/sw/adapter \
+    python asr/bench_streaming.py --model runs/asr/base/model --bundle runs/asr/lda/bundle \
         --audio runs/asr/corpus/test/sw/00000-0.wav --audio runs/asr/corpus/test/de/00003-0.wav --out bench.json
     python asr/bench_streaming.py --preset cpu --audio A.wav          # an untrained model of that size
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="A model directory (asr train-base).")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="Or an untrained model of this size.")
     parser.add_argument("--adapter", action="append", default=[], help="LANG=DIR, repeatable.")
+    parser.add_argument("--bundle", type=Path, help="A bundle of language adapters (asr train-lda --lang a,b,...).")
     parser.add_argument("--audio", action="append", required=True, help="AUDIO or AUDIO:LANG (default sw).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     adapters = dict(pair.split("=", 1) for pair in args.adapter)
     if args.model is not None:
-        recognizer = Recognizer.load(args.model, adapters)
+        recognizer = Recognizer.load(args.model, adapters, args.bundle)
     else:
         tokenizer = train_tokenizer(["watu wote wamezaliwa huru na sawa kwa utu na haki"] * 8, vocab_size=64)
         torch.manual_seed(0)

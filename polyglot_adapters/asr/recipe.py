@@ -29,6 +29,7 @@ from .model import conformer_transducer
 from .tokenizer import SpeechTokenizer, train_tokenizer
 from .training import (
     SpeechExample,
+    error_rates,
     evaluate,
     feature_stats,
     load_examples,
@@ -430,11 +431,17 @@ def train_language_adapters(
     (out / "run").mkdir(parents=True, exist_ok=True)
     run(labelled, "run")
     pseudo: list[SpeechExample] = []
+    pseudo_quality: dict[str, float] | None = None
     if noisy_student:
         merge_per_language(selection_log, out / "teacher", metric="score")
         teacher = _adapted(model_dir, device, bundle=out / "teacher")
         unlabelled = [e for language in languages for e in data.select("unlabelled", language)]
         pseudo = pseudo_label(teacher, unlabelled, tokenizer, routes=routes)
+        # The synthetic corpus knows what the unlabelled audio says: score the teacher's labels.
+        hypotheses = {id(e.features): e.text for e in pseudo}  # pseudo_label keeps each feature tensor
+        pseudo_quality = error_rates(
+            [e.text for e in unlabelled], [hypotheses.get(id(e.features), "") for e in unlabelled]
+        )
         run(labelled + pseudo, "student")
     seconds = time.perf_counter() - clock
     selections = merge_per_language(selection_log, out / "bundle", metric="score")
@@ -462,6 +469,7 @@ def train_language_adapters(
         "device": device,
         "train_utterances": len(labelled),
         "pseudo_labelled_utterances": len(pseudo),
+        "pseudo_label_error_rates": pseudo_quality,
         "adapter_parameters": am.num_parameters(languages[0]),
         "adapter_fraction": am.num_parameters(languages[0]) / sum(p.numel() for p in model.parameters()),
         "train_seconds": seconds,
