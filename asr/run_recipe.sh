@@ -10,11 +10,11 @@
 #   1. `asr data`: espeak-ng speaks UDHR phrases (3 renditions per head-language phrase, 2 per
 #      labelled tail phrase, plus unlabelled tail audio) -> OUT/corpus, feature packs in OUT/corpus/features;
 #   2. `asr train-base`: the multilingual base on every language's labelled audio (RNN-T + 0.3 CTC) -> OUT/base;
-#   3. `asr train-lda --lang sw,om,tn,af --noisy-student`: the tail languages' adapters in one routed run, base
-#      frozen, then a noisy-student round; each language keeps its best checkpoint -> OUT/lda/bundle;
+#   3. `asr train-lda --lang sw,om,tn,af`: the tail languages' adapters in one routed run, base frozen (NOISY=1
+#      adds a noisy-student round); each language keeps its best checkpoint -> OUT/lda/bundle;
 #   4. `asr train-lda --full --lang L` for each tail language: full fine-tuning, the adapters' baseline -> OUT/full/L;
 #   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json.
-# Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS.
+# Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS, NOISY.
 set -euo pipefail
 OUT=${1:?output directory}
 DEVICE=${2:-cpu}
@@ -40,9 +40,9 @@ if [ ! -f "$OUT/base/model/model.json" ]; then
         --batch-size 32 --lr 2e-3 --eval-every 150 --ctc-weight 0.3 --device "$DEVICE" > "$OUT/logs/base.log" 2>&1
 fi
 if [ ! -f "$OUT/lda/report.json" ]; then
-    step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16, then a noisy-student round)"
+    step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16${NOISY:+, then a noisy-student round})"
     $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "${TAIL// /,}" --out "$OUT/lda" \
-        --steps "$LDA_STEPS" --batch-size 16 --lr 3e-3 --eval-every 50 --noisy-student --device "$DEVICE" \
+        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} --device "$DEVICE" \
         > "$OUT/logs/lda.log" 2>&1
 fi
 for lang in $TAIL; do
