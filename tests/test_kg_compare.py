@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import char_tokenizer
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+from test_kg_objectives import tiny_config
+from transformers import BertModel, PreTrainedTokenizerFast
 
 from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.kg import KGDataset, load_kg
@@ -30,17 +31,7 @@ def tiny_base(kg: KGDataset) -> tuple[BertModel, PreTrainedTokenizerFast]:
     texts += ["query: (), ___ .", *(r.replace("_", " ") for r in kg.relations)]
     tok = char_tokenizer(texts)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=96,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertModel(config).eval(), tok
+    return BertModel(tiny_config(len(tok))).eval(), tok
 
 
 def test_time_budget_gives_pykeen_our_training_seconds(nations: KGDataset) -> None:
