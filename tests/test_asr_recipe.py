@@ -128,6 +128,8 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "joint" / "run" / "selection.jsonl").read_text().splitlines()]
     assert report["evaluations"] == 4 and len(lines) == 8  # two evaluations per round, two rounds
     assert 0 <= report["pseudo_label_error_rates"]["cer"] and report["pseudo_labelled_utterances"] <= 6
+    base_parameters = sum(p.numel() for p in load_transducer(base)[0].parameters())
+    assert report["adapter_fraction"] == pytest.approx(report["adapter_parameters"] / base_parameters)
     for language in ("sw", "de"):
         mine = [line for line in lines if line["language"] == language]
         best = min(mine, key=lambda line: line["score"])  # the first of equal scores

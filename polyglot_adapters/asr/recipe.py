@@ -399,7 +399,7 @@ def train_language_adapters(
     valid = {language: data.select("valid", language) for language in languages}
     labelled = [e for language in languages for e in data.select("train_tail", language)]
     config = config or TrainConfig(
-        steps=300, lr=3e-3, warmup_steps=30, batch_size=16, eval_every=50, save_every=50, best_metric="valid_wer"
+        steps=300, lr=1e-2, warmup_steps=30, batch_size=16, eval_every=50, save_every=50, best_metric="valid_wer"
     )
     selection_log = out / "run" / "selection.jsonl"
 
@@ -450,20 +450,24 @@ def train_language_adapters(
         record = json.loads(line)
         evals.setdefault(record["eval"], []).append(record["score"])
     best_mean = min(evals, key=lambda i: (sum(evals[i]) / len(evals[i]), i))
-    variants: dict[str, dict[str, Any]] = {
-        "base": {},
-        "bundle": {"bundle": out / "bundle"},
-        "best_mean_checkpoint": {lang: out / "run" / "evals" / f"eval-{best_mean:03d}" / lang for lang in languages},
-        "last_checkpoint": {lang: out / "run" / "evals" / f"eval-{max(evals):03d}" / lang for lang in languages},
+
+    def at(index: int) -> dict[str, Path]:
+        return {lang: out / "run" / "evals" / f"eval-{index:03d}" / lang for lang in languages}
+
+    variants: dict[str, tuple[Path | None, dict[str, Path]]] = {  # name -> (bundle, adapter directories)
+        "base": (None, {}),
+        "bundle": (out / "bundle", {}),
+        "best_mean_checkpoint": (None, at(best_mean)),
+        "last_checkpoint": (None, at(max(evals))),
     }
     test: dict[str, dict[str, dict[str, float]]] = {lang: {} for lang in languages}
-    for variant, sources in variants.items():
-        bundle = sources.pop("bundle", None)
-        adapted = _adapted(model_dir, device, bundle=bundle, adapters=sources)
+    for variant, (bundle, adapters) in variants.items():
+        adapted = _adapted(model_dir, device, bundle=bundle, adapters=adapters)
         for language in languages:
             test[language][variant] = evaluate(
                 adapted, data.select("test", language), tokenizer, routes=routes if variant != "base" else None
             )
+    base_parameters = sum(p.numel() for p in model.parameters()) - sum(am.num_parameters(lang) for lang in languages)
     report = {
         "languages": list(languages),
         "device": device,
@@ -471,7 +475,7 @@ def train_language_adapters(
         "pseudo_labelled_utterances": len(pseudo),
         "pseudo_label_error_rates": pseudo_quality,
         "adapter_parameters": am.num_parameters(languages[0]),
-        "adapter_fraction": am.num_parameters(languages[0]) / sum(p.numel() for p in model.parameters()),
+        "adapter_fraction": am.num_parameters(languages[0]) / base_parameters,
         "train_seconds": seconds,
         "config": config.to_dict(),
         "evaluations": len(evals),
