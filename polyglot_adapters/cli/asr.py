@@ -184,9 +184,10 @@ def train_lda_command(
     """
     from ..asr.recipe import SpeechData, fine_tune_language, train_language_adapter, train_language_adapters
     from ..training import TrainConfig
+    from .train import _languages
 
     data = SpeechData.load(data_dir)
-    languages = [code.strip() for code in language.split(",") if code.strip()]
+    languages = _languages(language)
     for code in languages:
         if code not in data.languages:
             raise click.BadParameter(f"{code!r} is not in the data's languages {data.languages}", param_hint="--lang")
