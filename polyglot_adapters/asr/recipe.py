@@ -467,7 +467,6 @@ def train_language_adapters(
             test[language][variant] = evaluate(
                 adapted, data.select("test", language), tokenizer, routes=routes if variant != "base" else None
             )
-    base_parameters = sum(p.numel() for p in model.parameters()) - sum(am.num_parameters(lang) for lang in languages)
     report = {
         "languages": list(languages),
         "device": device,
@@ -475,7 +474,7 @@ def train_language_adapters(
         "pseudo_labelled_utterances": len(pseudo),
         "pseudo_label_error_rates": pseudo_quality,
         "adapter_parameters": am.num_parameters(languages[0]),
-        "adapter_fraction": am.num_parameters(languages[0]) / base_parameters,
+        "adapter_fraction": am.num_parameters(languages[0]) / am.num_parameters(),
         "train_seconds": seconds,
         "config": config.to_dict(),
         "evaluations": len(evals),
