@@ -21,6 +21,7 @@ from polyglot_adapters import AdaptedModel
 from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.kg import KGDataset, KGError, build_kg, fetch_cldr_core, load_kg
 from polyglot_adapters.kg.adapters import GATE_NAME, KGAdapterSettings, load_gate, load_kg_run, train_kg_adapters
+from polyglot_adapters.kg.alignment import csls, sinkhorn
 from polyglot_adapters.kg.encode import encode_texts, pooled, tokenize_texts
 from polyglot_adapters.kg.evaluate import (
     KGEScorer,
@@ -135,6 +136,52 @@ def test_perfect_scorer_gets_hits_at_1_and_constant_gets_the_middle(cldr_slice: 
     n = len(entities)
     assert flat["mrr"] == pytest.approx(1 / (1 + (n - 1) / 2))  # every rank is the middle
     assert flat["hits@1"] == 0.0
+
+
+class _Hub:
+    """Every query's own entity scores 0.6, except that one hub candidate scores 0.9 for every query.
+
+    Nearest neighbour puts the hub first for everyone; a one-to-one inference gives it to its own
+    entity (0.9 > 0.6 there too) and every other query back its own entity.
+    """
+
+    def __init__(self, hub: str) -> None:
+        self.hub = hub
+
+    def align(self, kg, source, target, queries, candidates):
+        own = torch.tensor([[0.6 * float(q == c) for c in candidates] for q in queries])
+        own[:, candidates.index(self.hub)] = 0.9
+        return own
+
+
+def test_global_inference_resolves_a_hub_that_nearest_neighbour_cannot(cldr_slice: KGDataset) -> None:
+    entities = sorted(e for e, labels in cldr_slice.entities.items() if "en" in labels)  # sources = candidates
+    scorer = _Hub(entities[0])
+    nearest = entity_alignment(scorer, cldr_slice, "en", "en", entities)
+    assert nearest["hits@1"] == pytest.approx(1 / len(entities))  # only the hub's own query is right
+    for inference in ("csls", "sinkhorn"):
+        fixed = entity_alignment(scorer, cldr_slice, "en", "en", entities, inference=inference)
+        assert fixed["hits@1"] == 1.0 and fixed["inference"] == inference
+    with pytest.raises(ConfigError, match="unknown alignment inference 'hungarian'"):
+        entity_alignment(scorer, cldr_slice, "en", "en", entities, inference="hungarian")
+
+
+def test_sinkhorn_rows_are_distributions_and_follow_the_assignment() -> None:
+    scores = torch.tensor([[0.9, 0.8], [0.85, 0.1]])  # both rows prefer column 0; the assignment is 0->1, 1->0
+    log_p = sinkhorn(scores)
+    assert torch.allclose(log_p.exp().sum(1), torch.ones(2), atol=1e-6)
+    assert log_p.argmax(1).tolist() == [1, 0]
+    assert torch.allclose(csls(scores, k=1), 2 * scores - torch.tensor([[0.9], [0.85]]) - torch.tensor([[0.9, 0.8]]))
+    generator = torch.Generator().manual_seed(0)
+    permutation = torch.randperm(50, generator=generator)
+    noisy = torch.eye(50)[permutation] + 0.3 * torch.rand(50, 50, generator=generator)
+    assert torch.equal(sinkhorn(noisy).argmax(1), permutation)  # a clear one-to-one matrix stays as it is
+    with pytest.raises(ConfigError, match="tau > 0"):
+        sinkhorn(scores, tau=0.0)
+    with pytest.raises(ConfigError, match="NaN"):
+        sinkhorn(torch.tensor([[float("nan")]]))
+    with pytest.raises(ConfigError, match="k >= 1"):
+        csls(scores, k=0)
 
 
 def test_filtered_link_prediction_of_a_perfect_scorer_is_one(cldr_slice: KGDataset) -> None:
@@ -330,6 +377,9 @@ def test_train_evaluate_and_reload_a_kg_adapter_run(
         link_languages=("en", "sw"),
     )
     assert set(results["alignment"]["sw"]) == {"name-overlap", "base", "ep", "es", "ep+es", "fused"}
+    assert set(results["alignment_sinkhorn"]["sw"]) == set(results["alignment"]["sw"])
+    assert {m["inference"] for m in results["alignment_sinkhorn"]["sw"].values()} == {"sinkhorn"}
+    assert any(line.startswith("The same with sinkhorn inference") for line in results_markdown(results))
     assert set(results["link_prediction"]["sw"]) == {"base", "tp", "ts", "fused"}
     assert any("sw *" in line for line in results_markdown(results))  # sw labels were not used in triples
     png = alignment_plot(results)
@@ -369,6 +419,9 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(err) == 1 and "objectives" in err[0]
     assert main(["kg", "eval", "--run", str(tmp_path / "missing"), "--model", str(tmp_path / "none")]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["kg", "eval", "--run", str(tmp_path / "missing"), "--global-inference", "hungarian"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--global-inference" in err[0] and "hungarian" in err[0]
     assert not (tmp_path / "r").exists()
 
 

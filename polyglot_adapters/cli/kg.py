@@ -53,6 +53,12 @@ def stats_command(name: str, cache_dir: Path | None, languages: str) -> None:
 @click.option("--alignment-languages", default=None, help="Alignment targets, comma-separated  [default: 12].")
 @click.option("--link-languages", default=None, help="Link-prediction label languages  [default: 16].")
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option(
+    "--global-inference",
+    default="sinkhorn",
+    show_default=True,
+    help="Alignment inferences reported beside nearest neighbour, comma-separated: csls, sinkhorn, or none.",
+)
 @click.option("--device", default="cpu", show_default=True)
 def eval_command(
     run_dir: Path,
@@ -62,6 +68,7 @@ def eval_command(
     alignment_languages: str | None,
     link_languages: str | None,
     split: str,
+    global_inference: str,
     device: str,
 ) -> None:
     """Entity alignment and filtered link prediction per language for a KG-adapter run, beside baselines.
@@ -70,15 +77,22 @@ def eval_command(
     """
     import json
 
+    from ..errors import ConfigError
     from ..io import atomic_write_bytes
     from ..kg import load_kg
     from ..kg.adapters import load_kg_run
+    from ..kg.alignment import ALIGNMENT_INFERENCE
     from ..kg.plot import alignment_plot
     from ..kg.suite import ALIGNMENT_TARGET_LANGUAGES, LINK_LANGUAGES, evaluate_kg_adapters, results_markdown
     from ..models import load_base
 
     def codes(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
         return default if value is None else tuple(c.strip() for c in value.split(",") if c.strip())
+
+    inferences = () if global_inference.strip() == "none" else codes(global_inference, ())
+    unknown = sorted(set(inferences) - set(ALIGNMENT_INFERENCE[1:]))
+    if unknown:
+        raise ConfigError(f"--global-inference: unknown inference {unknown}; choose csls, sinkhorn or none")
 
     kg = load_kg(name)
     host, tokenizer = load_base(model)
@@ -94,6 +108,7 @@ def eval_command(
         alignment_languages=codes(alignment_languages, ALIGNMENT_TARGET_LANGUAGES if name == "cldr" else ()),
         link_languages=codes(link_languages, LINK_LANGUAGES if name == "cldr" else ("en",)),
         split=split,
+        global_inference=inferences,
         log=lambda line: click.echo(line, err=True),
     )
     target = out if out is not None else run_dir / "eval"

@@ -4,7 +4,9 @@ Entity alignment ranks, for every test entity labelled in both languages, its la
 language among the labels of *all* entities labelled in the target language (training entities
 included) and reports Hits@1, Hits@10 and MRR. Scorers: an encoder (base model, or adapters
 active) by cosine similarity of pooled embeddings, and the name-overlap baseline (character n-gram
-TF-IDF cosine, :mod:`.ngram`).
+TF-IDF cosine, :mod:`.ngram`). By default each query is ranked on its own (nearest neighbour); the
+global inferences of :mod:`.alignment` (CSLS, Sinkhorn) rescore all source entities against all
+candidates first, without gold alignments.
 
 Link prediction ranks, for every test triple ``(h, r, t)`` whose entities are labelled in a
 language, ``t`` among all entities labelled in that language, with the other known objects of
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .alignment import ALIGNMENT_INFERENCE, rescore
 from .datasets import KGDataset
 from .encode import DEFAULT_PREFIX, encode_texts
 from .ngram import ngram_similarity
@@ -195,6 +198,7 @@ def entity_alignment(
     entities: Sequence[str],
     *,
     ks: Sequence[int] = (1, 10),
+    inference: str = "nearest",
 ) -> dict[str, float]:
     """Hits@k and MRR of aligning ``entities`` from ``source`` to ``target`` against all target-language entities.
 
@@ -205,18 +209,29 @@ def entity_alignment(
         target: Candidate label language.
         entities: Test entities (those without labels in both languages are skipped).
         ks: The k of Hits@k.
+        inference: ``nearest`` ranks each query's similarities alone; ``csls`` and ``sinkhorn``
+            (:mod:`.alignment`) first rescore the similarities of *every* entity labelled in
+            ``source`` against every candidate (no gold alignment is used), then rank the queries' rows.
 
     Returns:
-        ``{"count", "mrr", "hits@1", "hits@10", "candidates"}``.
+        ``{"count", "mrr", "hits@1", "hits@10", "candidates", "inference"}``.
     """
+    if inference not in ALIGNMENT_INFERENCE:
+        raise ConfigError(f"unknown alignment inference {inference!r}; choose from {', '.join(ALIGNMENT_INFERENCE)}")
     candidates = sorted(e for e, labels in kg.entities.items() if target in labels)
     queries = [e for e in entities if source in kg.entities[e] and target in kg.entities[e]]
     if not queries:
-        return {**rank_metrics(torch.zeros(0), ks), "candidates": len(candidates)}
+        return {**rank_metrics(torch.zeros(0), ks), "candidates": len(candidates), "inference": inference}
     column = {e: i for i, e in enumerate(candidates)}
-    scores = scorer.align(kg, source, target, queries, candidates).float()  # (Q, C)
+    if inference == "nearest":
+        scores = scorer.align(kg, source, target, queries, candidates).float()  # (Q, C)
+    else:
+        sources = sorted(e for e, labels in kg.entities.items() if source in labels)
+        row = {e: i for i, e in enumerate(sources)}
+        everything = rescore(scorer.align(kg, source, target, sources, candidates).float(), inference)  # (S, C)
+        scores = everything[torch.tensor([row[e] for e in queries])]  # (Q, C)
     ranks = realistic_ranks(scores, torch.tensor([column[e] for e in queries]))
-    return {**rank_metrics(ranks, ks), "candidates": len(candidates)}
+    return {**rank_metrics(ranks, ks), "candidates": len(candidates), "inference": inference}
 
 
 def link_prediction(

@@ -2,7 +2,8 @@
 
 Entity alignment (pivot -> each language, alignment-test entities, all target-language entities as
 candidates): the name-overlap baseline, the base model without adapters, each alignment adapter
-(EP, ES), EP+ES averaged, and the fused model (gate over all KG adapters) when the run has one.
+(EP, ES), EP+ES averaged, and the fused model (gate over all KG adapters) when the run has one;
+each ranked by nearest neighbour and, by default, with Sinkhorn inference too (:mod:`.alignment`).
 Link prediction (filtered, tail side, per label language): the base model, TP, TS, and the fused
 model, at phrase level; languages are marked as used or not used in triple training.
 
@@ -22,6 +23,7 @@ from typing import Any
 from ..composition import Average
 from ..model import AdaptedModel
 from .adapters import GATE_NAME, load_gate
+from .alignment import ALIGNMENT_INFERENCE
 from .datasets import KGDataset, KGError
 from .evaluate import EncoderScorer, NgramScorer, entity_alignment, link_prediction
 from .objectives import alignment_split
@@ -42,6 +44,7 @@ def evaluate_kg_adapters(
     alignment_languages: Sequence[str] = ALIGNMENT_TARGET_LANGUAGES,
     link_languages: Sequence[str] = LINK_LANGUAGES,
     split: str = "test",
+    global_inference: Sequence[str] = ("sinkhorn",),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Scores every system of a KG-adapter run in every language.
@@ -55,11 +58,13 @@ def evaluate_kg_adapters(
         alignment_languages: Targets of alignment from the run's pivot.
         link_languages: Label languages of link prediction.
         split: Triples to rank.
+        global_inference: Alignment inferences of :mod:`.alignment` (``csls``, ``sinkhorn``) to report
+            beside nearest-neighbour ranking, each for every system, under ``alignment_<inference>``.
         log: Receives one line per system and language.
 
     Returns:
-        ``{"alignment": {lang: {system: metrics}}, "link_prediction": {lang: {system: metrics}},
-        "triple_languages": [...], "pivot": ..., "seconds": ...}``.
+        ``{"alignment": {lang: {system: metrics}}, "alignment_sinkhorn": {lang: {system: metrics}},
+        "link_prediction": {lang: {system: metrics}}, "triple_languages": [...], "pivot": ..., "seconds": ...}``.
     """
     say = log if log is not None else (lambda _: None)
     settings = report["settings"]
@@ -90,15 +95,22 @@ def evaluate_kg_adapters(
         align_systems.append("fused")
         link_systems.append("fused")
     started = time.perf_counter()
-    alignment: dict[str, dict[str, Any]] = {lang: {} for lang in alignment_languages}
-    for lang in alignment_languages:
-        alignment[lang]["name-overlap"] = entity_alignment(NgramScorer(), kg, pivot, lang, test_entities)
-    for system in align_systems:
-        activate(system)
-        scorer = EncoderScorer(model, tokenizer)
+    inferences = ["nearest", *(i for i in global_inference if i != "nearest")]
+    alignment = {i: {lang: {} for lang in alignment_languages} for i in inferences}  # inference -> lang -> system
+    for system in ["name-overlap", *align_systems]:
+        if system == "name-overlap":
+            scorer: NgramScorer | EncoderScorer = NgramScorer()
+        else:
+            activate(system)
+            scorer = EncoderScorer(model, tokenizer)
         for lang in alignment_languages:
-            alignment[lang][system] = metrics = entity_alignment(scorer, kg, pivot, lang, test_entities)
-            say(f"alignment {pivot}->{lang} {system}: Hits@1 {100 * metrics['hits@1']:.1f}")
+            for inference in inferences:
+                metrics = entity_alignment(scorer, kg, pivot, lang, test_entities, inference=inference)
+                alignment[inference][lang][system] = metrics
+            say(
+                f"alignment {pivot}->{lang} {system}: Hits@1 "
+                + ", ".join(f"{100 * alignment[i][lang][system]['hits@1']:.1f} ({i})" for i in inferences)
+            )
     links: dict[str, dict[str, Any]] = {lang: {} for lang in link_languages}
     for system in link_systems:
         activate(system)
@@ -116,7 +128,8 @@ def evaluate_kg_adapters(
         "alignment_languages_trained": sorted(
             set(settings["alignment_languages"]) | set(settings["sentence_alignment_languages"])
         ),
-        "alignment": alignment,
+        "alignment": alignment["nearest"],
+        **{f"alignment_{i}": alignment[i] for i in inferences[1:]},
         "link_prediction": links,
         "seconds": time.perf_counter() - started,
     }
@@ -150,6 +163,18 @@ def results_markdown(results: dict[str, Any]) -> list[str]:
         "",
         *_table(results["alignment"], ("hits@1", "hits@10", "mrr"), lambda _: ""),
         "",
+        *(
+            line
+            for inference in ALIGNMENT_INFERENCE[1:]
+            if f"alignment_{inference}" in results
+            for line in (
+                f"The same with {inference} inference (every {results['pivot']} entity rescored against every "
+                "candidate before ranking; no gold alignment used):",
+                "",
+                *_table(results[f"alignment_{inference}"], ("hits@1", "hits@10", "mrr"), lambda _: ""),
+                "",
+            )
+        ),
         f"Filtered link prediction on the {results['split']} triples, tails, per label language (MRR / Hits@10); "
         f"`*` marks label languages not used in triple training:",
         "",
