@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 import zlib
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,14 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.kg import KGDataset, KGError, build_kg, fetch_cldr_core, load_kg
-from polyglot_adapters.kg.adapters import GATE_NAME, KGAdapterSettings, load_gate, load_kg_run, train_kg_adapters
+from polyglot_adapters.kg.adapters import (
+    GATE_NAME,
+    KGAdapterSettings,
+    kg_examples,
+    load_gate,
+    load_kg_run,
+    train_kg_adapters,
+)
 from polyglot_adapters.kg.alignment import csls, sinkhorn
 from polyglot_adapters.kg.encode import encode_texts, pooled, tokenize_texts
 from polyglot_adapters.kg.evaluate import (
@@ -34,6 +42,7 @@ from polyglot_adapters.kg.ngram import ngram_similarity
 from polyglot_adapters.kg.objectives import (
     ContrastiveCollate,
     ContrastiveLoss,
+    Verbaliser,
     alignment_split,
     entity_examples,
     triple_examples,
@@ -224,6 +233,27 @@ def test_sentence_examples_refuse_a_language_without_templates(cldr_slice: KGDat
     assert all("___" in ex.query and ex.positive.endswith(".") for ex in examples)
 
 
+def test_typed_form_tags_the_kind_and_tells_apart_entities_sharing_a_label(cldr_slice: KGDataset) -> None:
+    typed, bare = Verbaliser(cldr_slice, "typed"), Verbaliser(cldr_slice, "phrase")
+    english = [e for e, labels in cldr_slice.entities.items() if "en" in labels]
+    for e in english:
+        assert typed.entity(e, "en") == f"{cldr_slice.kinds[e]}: {bare.entity(e, 'en')}"
+    by_label = defaultdict(set)
+    for e in english:
+        by_label[bare.entity(e, "en")].add(e)
+    for entities in by_label.values():  # same label, different kinds: distinct typed texts
+        kinds = {cldr_slice.kinds[e] for e in entities}
+        assert len({typed.entity(e, "en") for e in entities}) >= len(kinds)
+    settings = KGAdapterSettings(alignment_languages=("sw",), typed_entities=True)
+    examples = kg_examples(cldr_slice, "ep", settings)
+    assert all(ex.query.startswith(f"{cldr_slice.kinds[ex.key]}: ") for ex in examples)
+    assert all(text.startswith(f"{cldr_slice.kinds[ex.key]}: ") for ex in examples for _, text in ex.negatives)
+    plain = kg_examples(cldr_slice, "ep", dataclasses.replace(settings, typed_entities=False))
+    assert [ex.key for ex in plain] == [ex.key for ex in examples] and plain[0].query != examples[0].query
+    tp = kg_examples(cldr_slice, "tp", dataclasses.replace(settings, triple_languages=("en",)))
+    assert tp[0].query.startswith("(") and tp[0].positive.startswith(f"{cldr_slice.kinds[tp[0].key]}: ")
+
+
 # ---------------------------------------------------------------- objectives
 
 
@@ -380,6 +410,13 @@ def test_train_evaluate_and_reload_a_kg_adapter_run(
     assert set(results["alignment_sinkhorn"]["sw"]) == set(results["alignment"]["sw"])
     assert {m["inference"] for m in results["alignment_sinkhorn"]["sw"].values()} == {"sinkhorn"}
     assert any(line.startswith("The same with sinkhorn inference") for line in results_markdown(results))
+    assert results["entity_form"] == "phrase"
+    typed_report = {**report, "settings": {**report["settings"], "typed_entities": True}}
+    typed = evaluate_kg_adapters(
+        reloaded, tokenizer, cldr_slice, typed_report, alignment_languages=("sw",), link_languages=("en",)
+    )
+    assert typed["entity_form"] == "typed" and "kind" in results_markdown(typed)[0]
+    assert typed["alignment"]["sw"]["base"] != results["alignment"]["sw"]["base"]  # other texts, other scores
     assert set(results["link_prediction"]["sw"]) == {"base", "tp", "ts", "fused"}
     assert any("sw *" in line for line in results_markdown(results))  # sw labels were not used in triples
     png = alignment_plot(results)

@@ -157,6 +157,11 @@ def _blocks(value: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--fuse-steps", type=click.IntRange(0), default=0, show_default=True, help="Gate fusion steps (0: none)."
 )
+@click.option(
+    "--typed-entities",
+    is_flag=True,
+    help="EP/TP tag entities with their kind ('language: Arabic'); evaluation then does the same for every system.",
+)
 @click.option("--pivot", default="en", show_default=True, help="Language every alignment pair starts from.")
 @click.option("--alignment-languages", default=None, help="EP targets, comma-separated  [default: 12 languages].")
 @click.option("--sentence-alignment-languages", default=None, help="ES targets  [default: de,fr,es,sw].")
@@ -179,6 +184,7 @@ def kg_adapters(
     reduction_factor: float,
     layers: str | None,
     fuse_steps: int,
+    typed_entities: bool,
     pivot: str,
     alignment_languages: str | None,
     sentence_alignment_languages: str | None,
@@ -219,6 +225,7 @@ def kg_adapters(
         reduction_factor=reduction_factor,
         layers=_blocks(layers),
         fuse_steps=fuse_steps,
+        typed_entities=typed_entities,
         seed=seed,
     )
     settings = dataclasses.replace(settings, **{k: _languages(v) for k, v in lists.items() if v is not None})

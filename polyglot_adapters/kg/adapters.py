@@ -84,6 +84,9 @@ class KGAdapterSettings:
         layers: Blocks that get KG adapters (``None``: all). Leaving out the lowest blocks makes
             training cheaper: no gradient flows below the lowest adapter.
         fuse_steps: Steps of Gate fusion training over the trained adapters (0: no fusion).
+        typed_entities: EP and TP tag every entity with its kind (``"language: Arabic"``,
+            :class:`.objectives.Verbaliser`'s ``typed`` form) instead of the bare label;
+            evaluation then uses the same form for every system, the base model included.
         seed: Seeds adapter initialisation, data order and negative sampling.
     """
 
@@ -102,6 +105,7 @@ class KGAdapterSettings:
     reduction_factor: float = 16.0
     layers: tuple[int, ...] | None = None
     fuse_steps: int = 0
+    typed_entities: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -154,6 +158,8 @@ def kg_composition(adapters: Sequence[str], *, how: str = "gate", language: str 
 def kg_examples(kg: KGDataset, objective: str, settings: KGAdapterSettings) -> list[Any]:
     """The training examples of one objective under ``settings`` (alignment uses training entities only)."""
     form = objective_format(objective)
+    if form == "phrase" and settings.typed_entities:
+        form = "typed"
     requested = {
         "ep": (settings.pivot, *settings.alignment_languages),
         "es": (settings.pivot, *settings.sentence_alignment_languages),

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("ep", "tp", "es", "ts")
-FORMATS = ("phrase", "sentence")
+FORMATS = ("phrase", "typed", "sentence")
 BLANK = "___"
 """The object slot of a cloze query (a plain blank: the contrastive encoders read it as text)."""
 
@@ -79,8 +79,11 @@ class Verbaliser:
 
     Attributes:
         kg: The knowledge graph (labels and kinds).
-        form: ``phrase`` (bare labels; queries ``"(France, official language)"``) or ``sentence``
-            (training templates; queries are cloze sentences with :data:`BLANK`).
+        form: ``phrase`` (bare labels; queries ``"(France, official language)"``), ``typed`` (labels
+            tagged with the entity's kind, ``"language: Arabic"`` against ``"script: Arabic"``: the
+            kind is part of the KG and the only way to tell apart entities that share a label;
+            queries as ``phrase``) or ``sentence`` (training templates; queries are cloze
+            sentences with :data:`BLANK`).
     """
 
     kg: KGDataset
@@ -100,12 +103,14 @@ class Verbaliser:
         label = self.kg.entities[entity][language]
         if self.form == "phrase":
             return label
+        if self.form == "typed":
+            return f"{self.kg.kinds[entity]}: {label}"
         return verbalise_entity(language, self.kg.kinds[entity], label)
 
     def query(self, subject: str, relation: str, language: str) -> str:
         """The text of the query ``(subject, relation, ?)``."""
         label = self.kg.entities[subject][language]
-        if self.form == "phrase":
+        if self.form in ("phrase", "typed"):
             return f"({label}, {relation.replace('_', ' ')})"
         return verbalise_triple(language, relation, label, BLANK)
 
@@ -195,7 +200,7 @@ def entity_examples(
         kg: The knowledge graph.
         pairs: Language pairs ``(a, b)``; entities without a label in both are skipped.
         entities: Entities to use (e.g. :func:`alignment_split`'s training side); default all.
-        form: ``phrase`` or ``sentence``.
+        form: ``phrase``, ``typed`` or ``sentence`` (:class:`Verbaliser`).
         pool_size: Hard negatives mined per entity and pair.
 
     Raises:
@@ -244,7 +249,7 @@ def triple_examples(
         kg: The knowledge graph.
         languages: Label languages; a triple yields one example per language labelling both entities.
         split: Which triples to train on.
-        form: ``phrase`` or ``sentence``.
+        form: ``phrase``, ``typed`` (objects tagged with their kind) or ``sentence``.
         pool_size: Hard negatives per object and language (the object's kind, closest labels; known
             answers of the query are dropped from the pool).
         known: Triples whose objects count as correct answers (default: the ``split``'s triples).

@@ -5,7 +5,8 @@ candidates): the name-overlap baseline, the base model without adapters, each al
 (EP, ES), EP+ES averaged, and the fused model (gate over all KG adapters) when the run has one;
 each ranked by nearest neighbour and, by default, with Sinkhorn inference too (:mod:`.alignment`).
 Link prediction (filtered, tail side, per label language): the base model, TP, TS, and the fused
-model, at phrase level; languages are marked as used or not used in triple training.
+model, at phrase level; languages are marked as used or not used in triple training. A run trained
+with ``typed_entities`` is evaluated with kind-tagged labels for every system, the base included.
 
 Example:
     >>> am, report = load_kg_run(default_base()[0], "runs/kg")
@@ -75,6 +76,7 @@ def evaluate_kg_adapters(
     adapters = [name for name in report["adapters"] if name != GATE_NAME and name in model.adapters]
     _, test_entities = alignment_split(kg, test_fraction=settings["alignment_test_fraction"], seed=settings["seed"])
     language = "language" if report.get("language_adapter") else None
+    form = "typed" if settings.get("typed_entities") else "phrase"  # as the run's EP/TP were trained
 
     def activate(system: str) -> None:
         if system == "base":
@@ -102,7 +104,7 @@ def evaluate_kg_adapters(
             scorer: NgramScorer | EncoderScorer = NgramScorer()
         else:
             activate(system)
-            scorer = EncoderScorer(model, tokenizer)
+            scorer = EncoderScorer(model, tokenizer, form=form)
         for lang in alignment_languages:
             for inference in inferences:
                 metrics = entity_alignment(scorer, kg, pivot, lang, test_entities, inference=inference)
@@ -114,7 +116,7 @@ def evaluate_kg_adapters(
     links: dict[str, dict[str, Any]] = {lang: {} for lang in link_languages}
     for system in link_systems:
         activate(system)
-        scorer = EncoderScorer(model, tokenizer)
+        scorer = EncoderScorer(model, tokenizer, form=form)
         for lang in link_languages:
             links[lang][system] = metrics = link_prediction(scorer, kg, lang, split=split)
             say(f"link prediction [{lang}] {system}: MRR {metrics['mrr']:.3f}")
@@ -124,6 +126,7 @@ def evaluate_kg_adapters(
         "split": split,
         "pivot": pivot,
         "alignment_test_entities": len(test_entities),
+        "entity_form": form,
         "triple_languages": sorted(set(settings["triple_languages"]) | set(settings["sentence_triple_languages"])),
         "alignment_languages_trained": sorted(
             set(settings["alignment_languages"]) | set(settings["sentence_alignment_languages"])
@@ -159,7 +162,9 @@ def results_markdown(results: dict[str, Any]) -> list[str]:
     trained = set(results["triple_languages"])
     lines = [
         f"Entity alignment {results['pivot']} -> language on {results['alignment_test_entities']} held-out "
-        f"entities (Hits@1 / Hits@10 / MRR, candidates: all entities labelled in the target language):",
+        f"entities (Hits@1 / Hits@10 / MRR, candidates: all entities labelled in the target language"
+        + ("; labels tagged with their kind" if results.get("entity_form") == "typed" else "")
+        + "):",
         "",
         *_table(results["alignment"], ("hits@1", "hits@10", "mrr"), lambda _: ""),
         "",
