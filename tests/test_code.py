@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from polyglot_adapters import AdaptedModel
+from polyglot_adapters import AdaptedModel, Stack
 from polyglot_adapters.cli.main import main
 from polyglot_adapters.code import NO_TYPE, TOKEN_TYPES, SourceError, label_source, typed_tokens
 from polyglot_adapters.code.corpus import CodeFile, extract_functions, load_code_corpus, split_of
 from polyglot_adapters.code.encoder import code_encoder, load_code_base, pretrain_code_base, train_code_tokenizer
-from polyglot_adapters.code.search import search_metrics, train_code_search
+from polyglot_adapters.code.search import SearchEncoder, search_metrics, train_code_search
 from polyglot_adapters.code.token_types import lex
 from polyglot_adapters.code.ttc import (
     TokenTypeTagger,
@@ -295,6 +295,35 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
     assert 0 < searched["ner+task"]["percent_of_full"] < 25
     assert 0 < searched["ner+task"]["test"]["mrr"] <= 1
     assert (tmp_path / "search" / "ner+task" / "adapters" / "task" / "adapter.json").is_file()
+    code_side_only = train_code_search(
+        load_code_base(tmp_path / "base" / "model")[0],
+        tokenizer,
+        corpus,
+        setup="ner+task",
+        out_dir=tmp_path / "search" / "ner-code",
+        ner_adapter=tmp_path / "ner" / "adapter",
+        ner_sides="code",
+        train_config=quick,
+        code_length=32,
+        query_length=16,
+    )
+    assert code_side_only["ner_sides"] == "code" and searched["ner+task"]["ner_sides"] == "both"
+
+    # with ner_sides="code", queries are encoded by the task adapter alone and code by the stack
+    am = AdaptedModel(load_code_base(tmp_path / "base" / "model")[0])
+    am.load_adapter(tmp_path / "ner" / "adapter", name="ner")
+    am.load_adapter(tmp_path / "search" / "ner+task" / "adapters" / "task", name="task")
+    am.set_active(Stack("ner", "task"))
+    encoder = SearchEncoder(am, query_composition="task")
+    with torch.no_grad():
+        query, code = encoder(ids, mask, side="query"), encoder(ids, mask)
+        assert am.active == Stack("ner", "task")  # restored after the query side
+        am.set_active("task")
+        alone = SearchEncoder(am)(ids, mask)
+    torch.testing.assert_close(query, alone)
+    assert not torch.allclose(query, code)
+    with pytest.raises(ConfigError, match="ner_sides"):
+        train_code_search(host, tokenizer, corpus, setup="task", out_dir=tmp_path / "x", ner_sides="query")
     with pytest.raises(ConfigError, match="needs ner_adapter"):
         train_code_search(host, tokenizer, corpus, setup="gate", out_dir=tmp_path / "x")
     with pytest.raises(ConfigError, match="unknown code-search setup"):

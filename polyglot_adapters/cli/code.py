@@ -271,6 +271,13 @@ def ner_adapter_command(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
 @click.option("--setup", type=click.Choice(["zero-shot", "full", "task", "ner+task", "gate"]), required=True)
 @click.option("--ner-adapter", type=click.Path(path_type=Path), default=None, help="OUT/adapter of train ner-adapter.")
+@click.option(
+    "--ner-sides",
+    type=click.Choice(["both", "code"]),
+    default="both",
+    show_default=True,
+    help="Which side the NER adapter encodes (code: queries use the task adapter alone).",
+)
 @click.option("--reduction-factor", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--code-length", type=click.IntRange(3), default=256, show_default=True)
 @click.option("--query-length", type=click.IntRange(3), default=64, show_default=True)
@@ -281,6 +288,7 @@ def search_command(
     out: Path,
     setup: str,
     ner_adapter: Path | None,
+    ner_sides: str,
     reduction_factor: float,
     code_length: int,
     query_length: int,
@@ -309,6 +317,7 @@ def search_command(
         setup=setup,
         out_dir=out,
         ner_adapter=ner_adapter,
+        ner_sides=ner_sides,
         config=task_adapter_config(reduction_factor=reduction_factor),
         train_config=_train_config(steps, batch_size, lr, precision, seed, eval_every),
         query_length=query_length,

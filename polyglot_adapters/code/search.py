@@ -9,6 +9,8 @@ Setups compared by :func:`train_code_search` (``setup``): ``zero-shot`` (the enc
 ``full`` (every encoder parameter trained), ``task`` (a task adapter alone), ``ner+task`` (the
 frozen NER adapter with a task adapter stacked on top, :class:`~polyglot_adapters.Stack`) and
 ``gate`` (NER and task adapters mixed by a learned per-token gate, :class:`~polyglot_adapters.Gate`).
+With ``ner_sides="code"`` the NER adapter sees only the code; queries (natural language, which has
+no code token types) go through the task adapter alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 
-from ..composition import Gate, Stack
+from ..composition import Composition, Gate, Stack
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
 from ..methods.bottleneck import BottleneckConfig
@@ -64,29 +66,40 @@ class SearchEncoder(nn.Module):
     Args:
         adapted: The encoder, with adapters and the active composition set on it.
         temperature: Softmax temperature of the contrastive loss.
+        query_composition: Composition for the query side (``None``: the active one, as for code).
     """
 
-    def __init__(self, adapted: AdaptedModel, temperature: float = 0.05) -> None:
+    def __init__(
+        self, adapted: AdaptedModel, temperature: float = 0.05, *, query_composition: Composition | None = None
+    ) -> None:
         super().__init__()
         self.adapted = adapted
         self.temperature = temperature
+        self.query_composition = query_composition
 
     @property
     def base_fingerprint(self) -> dict[str, Any]:
         """The encoder's fingerprint (checkpoints record it)."""
         return self.adapted.base_fingerprint
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, side: str = "code") -> torch.Tensor:
         """Embeds texts.
 
         Args:
             input_ids: ``(B, T)`` ids.
             attention_mask: ``(B, T)``, 1 on real tokens.
+            side: ``code`` or ``query`` (which composition encodes them).
 
         Returns:
             ``(B, D)`` unit vectors (mean over real tokens).
         """
-        hidden = backbone(self.adapted)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        code_composition = self.adapted.active
+        if side == "query" and self.query_composition is not None:
+            self.adapted.set_active(self.query_composition)
+        try:
+            hidden = backbone(self.adapted)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        finally:
+            self.adapted.set_active(code_composition)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # (B, D)
         return F.normalize(pooled.float(), dim=-1)
@@ -120,7 +133,7 @@ def _collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str,
 
 def contrastive_loss(model: SearchEncoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Symmetric InfoNCE with in-batch negatives: query to code and code to query, averaged."""
-    queries = model(batch["query_ids"], batch["query_mask"])  # (B, D)
+    queries = model(batch["query_ids"], batch["query_mask"], side="query")  # (B, D)
     codes = model(batch["code_ids"], batch["code_mask"])  # (B, D)
     logits = queries @ codes.T / model.temperature  # (B, B)
     target = torch.arange(len(logits), device=logits.device)
@@ -176,7 +189,8 @@ class CodeSearchEval:
                 for i in range(0, len(rows), self.batch_size):
                     chunk = order[i : i + self.batch_size]
                     ids, mask = _pad([rows[j] for j in chunk], self.pad_id)
-                    out[chunk] = model(ids.to(device), mask.to(device)).float().cpu()
+                    side_name = "query" if side == 0 else "code"
+                    out[chunk] = model(ids.to(device), mask.to(device), side=side_name).float().cpu()
                 embedded.append(out)
         finally:
             for module, mode in modes.items():
@@ -196,6 +210,7 @@ def train_code_search(
     setup: str,
     out_dir: str | os.PathLike[str],
     ner_adapter: str | os.PathLike[str] | None = None,
+    ner_sides: str = "both",
     config: BottleneckConfig | None = None,
     train_config: TrainConfig | None = None,
     query_length: int = 64,
@@ -218,6 +233,8 @@ def train_code_search(
             excluded) and ``report.json``.
         ner_adapter: A directory written by :func:`~polyglot_adapters.code.train_ner_adapter`
             (its ``adapter/``), needed by ``ner+task`` and ``gate``.
+        ner_sides: ``both`` (queries and code go through the NER adapter) or ``code`` (queries
+            through the task adapter alone).
         config: The task adapter; default :func:`task_adapter_config`.
         train_config: Loop settings; ``best_metric`` becomes ``valid_mrr``.
         query_length: Query tokens kept.
@@ -236,6 +253,8 @@ def train_code_search(
     """
     if setup not in SETUPS:
         raise ConfigError(f"unknown code-search setup {setup!r}; setups: {', '.join(SETUPS)}")
+    if ner_sides not in ("both", "code"):
+        raise ConfigError(f"ner_sides must be 'both' or 'code', got {ner_sides!r}")
     if setup in ("ner+task", "gate") and ner_adapter is None:
         raise ConfigError(f"setup {setup!r} needs ner_adapter: the adapter directory that train_ner_adapter wrote")
     say = log or (lambda _: None)
@@ -276,7 +295,8 @@ def train_code_search(
         am.requires_grad_(False)
         if setup == "full":  # the encoder only: the masked-LM head plays no part in search
             backbone(am).requires_grad_(True)
-    encoder = SearchEncoder(am)
+    query_side = "task" if ner_sides == "code" and setup in ("ner+task", "gate") else None
+    encoder = SearchEncoder(am, query_composition=query_side)
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     say(
         f"code search ({setup}): {len(train_pairs)} training pairs, {len(held_out['test'].pairs)} test functions; "
@@ -339,6 +359,7 @@ def train_code_search(
         "query_length": query_length,
         "code_length": code_length,
         "ner_adapter": str(ner_adapter) if ner_adapter is not None else None,
+        "ner_sides": ner_sides if setup in ("ner+task", "gate") else None,
         "seconds": seconds,
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
