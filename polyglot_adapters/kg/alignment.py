@@ -10,8 +10,8 @@ no gold alignment, and change only the ranking:
   Without Parallel Data"): ``2 s(q, c) - r_T(q) - r_S(c)``, where ``r`` is the mean similarity of
   an item's ``k`` nearest neighbours on the other side.
 * :func:`sinkhorn`: log-domain Sinkhorn normalisation of ``exp(S / tau)`` towards a doubly
-  stochastic matrix, a soft one-to-one assignment (as used in entity-alignment inference since
-  Sinkhorn-based matchers). Rows and columns alternate; the result is a log-probability matrix.
+  stochastic matrix, a soft one-to-one assignment (a common inference step of entity-alignment
+  systems). Rows and columns alternate; the result is a log-probability matrix.
 
 The defaults (``tau = 0.005``, 30 iterations, ``k = 10``) were chosen on the CLDR alignment-training
 entities with the base model (never on the test entities); see kg/RESULTS.md.
