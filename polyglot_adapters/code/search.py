@@ -93,13 +93,18 @@ class SearchEncoder(nn.Module):
         Returns:
             ``(B, D)`` unit vectors (mean over real tokens).
         """
-        code_composition = self.adapted.active
-        if side == "query" and self.query_composition is not None:
+        if side not in ("code", "query"):
+            raise ConfigError(f"side must be 'code' or 'query', got {side!r}")
+        encoder = backbone(self.adapted)
+        if side == "code" or self.query_composition is None:
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            code_composition = self.adapted.active
             self.adapted.set_active(self.query_composition)
-        try:
-            hidden = backbone(self.adapted)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        finally:
-            self.adapted.set_active(code_composition)
+            try:
+                hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            finally:
+                self.adapted.set_active(code_composition)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # (B, D)
         return F.normalize(pooled.float(), dim=-1)
@@ -182,15 +187,14 @@ class CodeSearchEval:
         device = next(model.parameters()).device
         try:
             embedded = []
-            for side in (0, 1):
-                rows = [p[side] for p in self.pairs]
+            for column, side in enumerate(("query", "code")):
+                rows = [p[column] for p in self.pairs]
                 order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # little padding per batch
                 out = torch.empty(len(rows), model.adapted.model.config.hidden_size)
                 for i in range(0, len(rows), self.batch_size):
                     chunk = order[i : i + self.batch_size]
                     ids, mask = _pad([rows[j] for j in chunk], self.pad_id)
-                    side_name = "query" if side == 0 else "code"
-                    out[chunk] = model(ids.to(device), mask.to(device), side=side_name).float().cpu()
+                    out[chunk] = model(ids.to(device), mask.to(device), side=side).float().cpu()
                 embedded.append(out)
         finally:
             for module, mode in modes.items():

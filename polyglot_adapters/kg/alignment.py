@@ -28,12 +28,27 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["ALIGNMENT_INFERENCE", "CSLS_K", "SINKHORN_ITERATIONS", "SINKHORN_TAU", "csls", "rescore", "sinkhorn"]
+__all__ = [
+    "ALIGNMENT_INFERENCE",
+    "CSLS_K",
+    "SINKHORN_ITERATIONS",
+    "SINKHORN_TAU",
+    "check_inference",
+    "csls",
+    "rescore",
+    "sinkhorn",
+]
 
 ALIGNMENT_INFERENCE = ("nearest", "csls", "sinkhorn")
 SINKHORN_TAU = 0.005
 SINKHORN_ITERATIONS = 30
 CSLS_K = 10
+
+
+def check_inference(inference: str) -> None:
+    """Raises :class:`ConfigError` unless ``inference`` is one of :data:`ALIGNMENT_INFERENCE`."""
+    if inference not in ALIGNMENT_INFERENCE:
+        raise ConfigError(f"unknown alignment inference {inference!r}; choose from {', '.join(ALIGNMENT_INFERENCE)}")
 
 
 def csls(scores: torch.Tensor, k: int = CSLS_K) -> torch.Tensor:
@@ -78,10 +93,9 @@ def sinkhorn(scores: torch.Tensor, tau: float = SINKHORN_TAU, iterations: int = 
 
 def rescore(scores: torch.Tensor, inference: str) -> torch.Tensor:
     """Applies one of :data:`ALIGNMENT_INFERENCE` (``nearest`` returns ``scores`` unchanged) with its defaults."""
-    if inference == "nearest":
-        return scores
+    check_inference(inference)
     if inference == "csls":
         return csls(scores)
     if inference == "sinkhorn":
         return sinkhorn(scores)
-    raise ConfigError(f"unknown alignment inference {inference!r}; choose from {', '.join(ALIGNMENT_INFERENCE)}")
+    return scores

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .alignment import ALIGNMENT_INFERENCE, rescore
+from .alignment import check_inference, rescore
 from .datasets import KGDataset
 from .encode import DEFAULT_PREFIX, encode_texts
 from .ngram import ngram_similarity
@@ -216,8 +216,7 @@ def entity_alignment(
     Returns:
         ``{"count", "mrr", "hits@1", "hits@10", "candidates", "inference"}``.
     """
-    if inference not in ALIGNMENT_INFERENCE:
-        raise ConfigError(f"unknown alignment inference {inference!r}; choose from {', '.join(ALIGNMENT_INFERENCE)}")
+    check_inference(inference)
     candidates = sorted(e for e, labels in kg.entities.items() if target in labels)
     queries = [e for e in entities if source in kg.entities[e] and target in kg.entities[e]]
     if not queries:

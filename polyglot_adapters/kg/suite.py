@@ -160,29 +160,28 @@ def _table(rows: dict[str, dict[str, Any]], metrics: Sequence[str], mark: Callab
 def results_markdown(results: dict[str, Any]) -> list[str]:
     """Markdown tables of :func:`evaluate_kg_adapters`'s results (values in percent; MRR x 100)."""
     trained = set(results["triple_languages"])
+    tagged = "; labels tagged with their kind" if results.get("entity_form") == "typed" else ""
+    alignment_metrics = ("hits@1", "hits@10", "mrr")
     lines = [
         f"Entity alignment {results['pivot']} -> language on {results['alignment_test_entities']} held-out "
-        f"entities (Hits@1 / Hits@10 / MRR, candidates: all entities labelled in the target language"
-        + ("; labels tagged with their kind" if results.get("entity_form") == "typed" else "")
-        + "):",
+        f"entities (Hits@1 / Hits@10 / MRR, candidates: all entities labelled in the target language{tagged}):",
         "",
-        *_table(results["alignment"], ("hits@1", "hits@10", "mrr"), lambda _: ""),
+        *_table(results["alignment"], alignment_metrics, lambda _: ""),
         "",
-        *(
-            line
-            for inference in ALIGNMENT_INFERENCE[1:]
-            if f"alignment_{inference}" in results
-            for line in (
+    ]
+    for inference in ALIGNMENT_INFERENCE[1:]:
+        if f"alignment_{inference}" in results:
+            lines += [
                 f"The same with {inference} inference (every {results['pivot']} entity rescored against every "
                 "candidate before ranking; no gold alignment used):",
                 "",
-                *_table(results[f"alignment_{inference}"], ("hits@1", "hits@10", "mrr"), lambda _: ""),
+                *_table(results[f"alignment_{inference}"], alignment_metrics, lambda _: ""),
                 "",
-            )
-        ),
+            ]
+    return [
+        *lines,
         f"Filtered link prediction on the {results['split']} triples, tails, per label language (MRR / Hits@10); "
         f"`*` marks label languages not used in triple training:",
         "",
         *_table(results["link_prediction"], ("mrr", "hits@10"), lambda lang: "" if lang in trained else " *"),
     ]
-    return lines
