@@ -5,7 +5,7 @@ Usage:
     python kg/train_kg_adapters.py --out runs/kg --layers 6-11 --steps 100         # cheaper: top six blocks only
     python kg/train_kg_adapters.py --out runs/kg-gpu --device cuda --precision bf16 --steps 1000 --fuse-steps 300
     python kg/train_kg_adapters.py --objectives ep,es --alignment-languages sw,yo,zu --out runs/ep-africa
-    python kg/train_kg_adapters.py --out runs/kg-sw --language-adapter runs/language-adapters/sw/adapter
+    python kg/train_kg_adapters.py --out runs/kg-sw --model default-mlm --language-adapter runs/la/sw/adapter
     python kg/train_kg_adapters.py --kg nations --objectives tp --out runs/nations-tp
     python kg/train_kg_adapters.py --help                                          # every option
 
@@ -25,6 +25,10 @@ prediction with their labels measures transfer. With --fuse-steps N, a gate (Mix
 the trained adapters is trained N steps on a mix of all four tasks. Writes OUT/run.json,
 OUT/<objective>/ (checkpoint, metrics.jsonl, adapter/), OUT/kg-gate/ and OUT/report.json; a
 rerun with the same settings resumes. Evaluate with kg/evaluate_kg.py.
+
+A language adapter from kg/train_language_adapter.py was trained on the default masked-LM host,
+whose top four blocks are its own retrained copies: stack on it with --model default-mlm (and
+evaluate with the same --model); with --model default its loading is refused.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,15 @@ __all__ = [
     "atomic_write_bytes",
     "check_fingerprint",
     "fingerprint",
+    "fingerprint_mismatch",
     "parse_verified",
+    "pin_weights_probe",
     "read_adapter",
     "read_adapter_config",
     "read_meta",
     "staged_directory",
+    "unpin_weights_probe",
+    "weights_probe",
     "write_adapter",
 ]
 
@@ -124,21 +129,34 @@ def staged_directory(target: str | os.PathLike[str], *, backup: str | None = Non
     shutil.rmtree(old, ignore_errors=True)
 
 
+# Hosts whose weights the toolkit has edited in place (sparse diffs): the probe of the weights before.
+_PINNED: weakref.WeakKeyDictionary[nn.Module, dict[str, list[float]] | None] = weakref.WeakKeyDictionary()
+PROBE_VALUES = 256  # sampled values per parameter tensor
+PROBE_PROJECTIONS = 3
+PROBE_RTOL = 0.02  # on a group's RMS
+PROBE_ATOL = 0.02  # on each normalised projection: ~10 times what bf16 rounding moves it
+
+
 def fingerprint(host: nn.Module, interface: HostInterface) -> dict[str, Any]:
-    """Identifies a base model by type, sizes and the names and shapes of its backbone parameters.
+    """Identifies a base model by type, sizes, the names and shapes of its backbone parameters, and a weight probe.
 
     Only the embeddings and the blocks count, relative to the backbone root, so a backbone and
     a task model built on it (``BertModel`` and ``BertForMaskedLM``) share a fingerprint.
-    Call it on the unwrapped host.
+    ``weights_probe`` (see :func:`weights_probe`) tells apart two bases of one architecture with
+    different weights; it is ``None`` for a host on the meta device. Call it on the unwrapped host.
     """
     root, blocks = interface.find_blocks(host)
     block_parent = blocks[0][0][len(root) :].rsplit(".", 1)[0] + "."
-    prefixes = tuple(p for p in (block_parent, f"{interface.embeddings}." if interface.embeddings else None) if p)
+    embeddings = f"{interface.embeddings}." if interface.embeddings else None
+    prefixes = tuple(p for p in (block_parent, embeddings) if p)
     digest = hashlib.sha256()
     for name, param in sorted(host.named_parameters()):
         key = name[len(root) :] if name.startswith(root) else None
         if key is not None and key.startswith(prefixes):
             digest.update(f"{key}:{tuple(param.shape)}\n".encode())
+    groups = {f"block {i}": f"{path}." for i, (path, _) in enumerate(blocks)}
+    if embeddings:
+        groups = {"embeddings": root + embeddings, **groups}
     config = getattr(host, "config", None)
     return {
         "interface": interface.name,
@@ -146,17 +164,111 @@ def fingerprint(host: nn.Module, interface: HostInterface) -> dict[str, Any]:
         "hidden_size": getattr(config, "hidden_size", None),
         "num_layers": len(blocks),
         "params_sha256": digest.hexdigest(),
+        "weights_probe": _PINNED[host] if host in _PINNED else weights_probe(host, groups),
     }
 
 
-def check_fingerprint(saved: dict[str, Any], actual: dict[str, Any], source: Path) -> None:
-    """Raises :class:`BaseModelMismatchError` naming the first differing field."""
+def pin_weights_probe(host: nn.Module, probe: dict[str, list[float]] | None) -> None:
+    """Makes :func:`fingerprint` report ``probe`` for ``host`` while its weights are edited in place.
+
+    Sparse diffs added to a base keep it the same base for the adapters trained on it; the
+    diff code pins the probe of the weights before its first diff and unpins it on the last revert.
+    """
+    _PINNED[host] = probe
+
+
+def unpin_weights_probe(host: nn.Module) -> None:
+    """Undoes :func:`pin_weights_probe` (nothing if ``host`` is not pinned)."""
+    _PINNED.pop(host, None)
+
+
+@torch.no_grad()
+def weights_probe(host: nn.Module, groups: dict[str, str]) -> dict[str, list[float]] | None:
+    """A few numbers per parameter group that change when its weights do, but not with the dtype.
+
+    From each floating tensor of a group (parameters whose names start with the group's prefix)
+    up to :data:`PROBE_VALUES` evenly strided values are taken. Each tensor's sample is projected
+    on :data:`PROBE_PROJECTIONS` fixed +-1 patterns and divided by ``sqrt(n) * RMS``; a group's
+    projection is the sum over its tensors divided by ``sqrt(tensors)``, so it moves by about the
+    RMS of the tensors' relative differences: about 0.002 when every weight is rounded to bf16,
+    0.05 to 1 between the default base and its masked-LM host's retrained layers. The group's RMS
+    over all sampled values comes first.
+
+    Args:
+        host: The unwrapped host.
+        groups: Group label (``"block 3"``) -> parameter-name prefix.
+
+    Returns:
+        Label -> ``[rms, p1, p2, p3]``; ``None`` when a weight is on the meta device.
+    """
+    sums = {label: torch.zeros(PROBE_PROJECTIONS + 2, dtype=torch.float64) for label in groups}  # squares, count, p
+    tensors = dict.fromkeys(groups, 0)
+    for name, param in sorted(host.named_parameters()):
+        label = next((label for label, prefix in groups.items() if name.startswith(prefix)), None)
+        if label is None or not param.is_floating_point():
+            continue
+        if param.is_meta:
+            return None
+        flat = param.detach().reshape(-1)
+        step = max(1, flat.numel() // PROBE_VALUES)
+        values = flat[::step][:PROBE_VALUES].to("cpu", torch.float64)  # (n,)
+        squares = values.square().sum()
+        rms = (squares / values.numel()).sqrt()
+        index = torch.arange(values.numel(), dtype=torch.int64)
+        projections = []
+        for k in range(PROBE_PROJECTIONS):
+            signs = ((index * 2654435761 + (k + 1) * 40503) % 2**32 >> 16) % 2 * 2 - 1  # (n,) fixed +-1
+            projected = (values * signs).sum() / (values.numel() ** 0.5 * rms) if rms > 0 else torch.tensor(0.0)
+            projections.append(projected)
+        sums[label] += torch.stack([squares, torch.tensor(float(values.numel())), *projections]).double()
+        tensors[label] += 1
+    probe = {}
+    for label, total in sums.items():
+        if tensors[label]:
+            rms = (total[0] / total[1]).sqrt().item()
+            row = [rms, *(total[2:] / tensors[label] ** 0.5).tolist()]
+            probe[label] = [round(v, 6) for v in row]
+    return probe
+
+
+def fingerprint_mismatch(saved: dict[str, Any], actual: dict[str, Any]) -> str | None:
+    """Describes how two base fingerprints differ (``"num_layers=12, not 6"``), or ``None`` if they match.
+
+    Weight probes are compared within tolerances (a base loaded in another dtype matches); a
+    fingerprint without a probe (older files, a host built on the meta device) skips that part.
+    """
     for field in ("model_type", "hidden_size", "num_layers", "params_sha256"):
         if saved.get(field) != actual.get(field):
-            raise BaseModelMismatchError(
-                f"{source}: adapter was trained for a base with {field}={saved.get(field)!r}, this model has "
-                f"{actual.get(field)!r}; load it into the matching base model (or pass check_base=False)"
-            )
+            return f"{field}={saved.get(field)!r}, not {actual.get(field)!r}"
+    mine, theirs = saved.get("weights_probe"), actual.get("weights_probe")
+    if not mine or not theirs:
+        return None
+    differ = []
+    for label in sorted(set(mine) | set(theirs), key=_probe_order):
+        a, b = mine.get(label), theirs.get(label)
+        if a is None or b is None or len(a) != len(b):
+            differ.append(label)
+        elif abs(a[0] - b[0]) > PROBE_RTOL * max(abs(a[0]), abs(b[0])) or any(
+            abs(x - y) > PROBE_ATOL for x, y in zip(a[1:], b[1:], strict=True)
+        ):
+            differ.append(label)
+    if differ:
+        return f"other weights in {', '.join(differ)} (same architecture)"
+    return None
+
+
+def _probe_order(label: str) -> tuple[int, int]:
+    return (0, 0) if label == "embeddings" else (1, int(label.rsplit(" ", 1)[-1]))
+
+
+def check_fingerprint(saved: dict[str, Any], actual: dict[str, Any], source: Path) -> None:
+    """Raises :class:`BaseModelMismatchError` saying how the bases differ (:func:`fingerprint_mismatch`)."""
+    mismatch = fingerprint_mismatch(saved, actual)
+    if mismatch is not None:
+        raise BaseModelMismatchError(
+            f"{source}: adapter was trained for another base than this model ({mismatch}); load it into the "
+            f"model it was trained on (or pass check_base=False)"
+        )
 
 
 def write_adapter(directory: str | os.PathLike[str], meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +349,12 @@ class AdaptedModel(nn.Module):
         return write_adapter(directory, meta, self.adapter_state_dict(name))
 
     def load_adapter(
-        self, directory: str | os.PathLike[str], name: str | None = None, *, check_base: bool = True
+        self,
+        directory: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        check_base: bool = True,
+        layers: Sequence[int] | None = None,
     ) -> str:
         """Reads a saved adapter and attaches it.
 
@@ -355,6 +362,9 @@ class AdaptedModel(nn.Module):
             directory: A directory written by :meth:`save_adapter`.
             name: Name to attach it under; defaults to the saved name.
             check_base: Refuse an adapter saved for a different base model.
+            layers: Attach only these blocks of it (some of the blocks it was saved with, e.g. the
+                lower half of a token-type adapter); ``None`` for all. Methods without per-block
+                layers (``layers`` in their config) take only ``None``.
 
         Returns:
             The name it was attached under.
@@ -362,7 +372,7 @@ class AdaptedModel(nn.Module):
         Raises:
             ArtifactError: Missing, corrupted, unknown-schema or wrong-base files (one subclass each).
             UnknownMethodError: If the saved method is not registered.
-            ConfigError: If the name is taken.
+            ConfigError: If the name is taken, or ``layers`` names blocks the adapter does not have.
         """
         directory = Path(directory)
         meta, config, tensors = read_adapter_config(directory)
@@ -371,15 +381,31 @@ class AdaptedModel(nn.Module):
         name = meta["name"] if name is None else name
         try:
             self._check_shapes(config, tensors, directory)
+            if layers is not None:
+                config = self._some_layers(config, layers)
             self.add_adapter(name, config)
         except ConfigError as err:
             raise type(err)(f"{directory / CONFIG_NAME}: {err}") from None
+        if layers is not None:
+            kept = self.adapter_state_dict(name)
+            tensors = {key: value for key, value in tensors.items() if key in kept}
         try:
             self._copy_into(name, tensors, directory)
         except BaseException:
             self.delete_adapter(name)
             raise
         return name
+
+    def _some_layers(self, config: AdapterConfig, layers: Sequence[int]) -> AdapterConfig:
+        """``config`` restricted to ``layers``, which must be blocks it adapts."""
+        if not dataclasses.is_dataclass(config) or "layers" not in {f.name for f in dataclasses.fields(config)}:
+            raise ConfigError(f"a {config.method} adapter has no per-block layers to choose from")
+        have = config.layers if config.layers is not None else range(len(self.interface.find_blocks(self.model)[1]))
+        wanted = tuple(sorted(set(layers)))
+        missing = sorted(set(wanted) - set(have))
+        if not wanted or missing:
+            raise ConfigError(f"layers {list(wanted)}: choose among the adapter's blocks {list(have)}")
+        return dataclasses.replace(config, layers=wanted)
 
     def _check_shapes(self, config: AdapterConfig, tensors: dict[str, torch.Tensor], source: Path) -> None:
         """Compares the file's tensors with the config's layers built on the meta device (no memory)."""

@@ -24,7 +24,7 @@ from polyglot_adapters.errors import (
     SchemaVersionError,
     UnknownMethodError,
 )
-from polyglot_adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from polyglot_adapters.io import CONFIG_NAME, WEIGHTS_NAME, fingerprint_mismatch
 
 CONFIGS = {
     "language": BottleneckConfig.language(),
@@ -137,9 +137,38 @@ def test_masked_lm_adapter_loads_into_backbone(key: str, ids: torch.Tensor, tmp_
 def test_backbone_adapter_loads_into_masked_lm(ids: torch.Tensor, tmp_path: Path) -> None:
     am = trained("bert", CONFIGS["language"])
     am.save_adapter("a", tmp_path / "a")
-    mlm = AdaptedModel(make_host("bert-mlm"))
+    host = make_host("bert-mlm")
+    host.bert.load_state_dict(make_host("bert").state_dict(), strict=False)  # the same backbone weights
+    mlm = AdaptedModel(host)
     mlm.load_adapter(tmp_path / "a")
     assert_same_tensors(snapshot(mlm, "a"), snapshot(am, "a"))
+
+
+@pytest.mark.parametrize("key", ["houlsby-parallel", "lora"])
+def test_load_some_layers_only(key: str, ids: torch.Tensor, tmp_path: Path) -> None:
+    am = trained("bert-mlm", CONFIGS[key])
+    am.save_adapter("a", tmp_path / "a")
+    lower = AdaptedModel(make_host("bert-mlm"))
+    lower.load_adapter(tmp_path / "a", layers=[0])
+    kept, every = snapshot(lower, "a"), snapshot(am, "a")
+    assert kept and set(kept) == {k for k in every if ".layer.0." in k}
+    assert_same_tensors(kept, {k: every[k] for k in kept})
+    assert lower.adapters["a"].layers == (0,)
+    # The same as the full adapter with block 1's part switched off (its output projection zeroed).
+    with torch.no_grad():
+        for name, param in am.model.named_parameters():
+            if (
+                ".layer.1." in name
+                and ".adapters.a." in name
+                and name.rsplit(".", 1)[-1] in ("bn_up", "bn_up_bias", "lora_B")
+            ):
+                param.zero_()
+    am.set_active("a")
+    lower.set_active("a")
+    torch.testing.assert_close(outputs(lower, ids), outputs(am, ids))
+    for bad in ([2], []):
+        with pytest.raises(ConfigError, match="choose among the adapter's blocks"):
+            AdaptedModel(make_host("bert-mlm")).load_adapter(tmp_path / "a", layers=bad)
 
 
 def test_load_under_another_name(ids: torch.Tensor, tmp_path: Path) -> None:
@@ -209,6 +238,26 @@ def test_wrong_base_model(make_other, field: str, key: str, tmp_path: Path) -> N
         am.load_adapter(directory)
     assert_one_line_naming(info.value, directory)
     assert am.adapters == {}
+
+
+@pytest.mark.parametrize("key", ["language", "lora"])
+def test_same_architecture_with_other_weights_is_refused(key: str, tmp_path: Path) -> None:
+    directory = saved_dir(tmp_path, CONFIGS[key])
+    other = AdaptedModel(make_host(seed=1))  # another initialisation: names and shapes all match
+    with pytest.raises(BaseModelMismatchError, match="other weights in embeddings, block 0, block 1") as info:
+        other.load_adapter(directory)
+    assert_one_line_naming(info.value, directory)
+    assert other.adapters == {}
+    retrained = make_host()
+    with torch.no_grad():  # a copy with only its top block retrained (e.g. a masked-LM host's own top layers)
+        for p in retrained.bert.encoder.layer[1].parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.1 * p.std())
+    with pytest.raises(BaseModelMismatchError, match=r"other weights in block 1 \(same architecture\)"):
+        AdaptedModel(retrained).load_adapter(directory)
+    assert AdaptedModel(retrained).load_adapter(directory, check_base=False) == "a"
+    saved = json.loads((directory / CONFIG_NAME).read_text())["base"]
+    rounded = AdaptedModel(make_host().to(torch.bfloat16))  # the same weights in another dtype match
+    assert fingerprint_mismatch(saved, rounded.base_fingerprint) is None
 
 
 @pytest.mark.parametrize("make_other", [wide_host, deep_host, shallow_host], ids=["wider", "deeper", "shallower"])

@@ -116,3 +116,16 @@ def test_default_mlm_fills_in_held_out_udhr_text() -> None:
             logits = mlm(input_ids=rows).logits[torch.arange(len(positions)), positions]  # (P, V)
         top1 = (logits.argmax(-1) == ids[positions]).float().mean().item()
         assert top1 >= 0.2, (lang, top1)
+
+
+def test_adapters_of_the_masked_lm_host_are_refused_on_the_default_base(tmp_path: Path) -> None:
+    """Same names and shapes, other top blocks: the weight probe tells the two defaults apart."""
+    from polyglot_adapters import AdaptedModel, BottleneckConfig
+    from polyglot_adapters.models import default_base, default_mlm, load_base
+
+    mlm = AdaptedModel(load_base("default-mlm")[0])
+    mlm.add_adapter("la", BottleneckConfig.language())
+    directory = mlm.save_adapter("la", tmp_path / "la")
+    with pytest.raises(BaseModelMismatchError, match="other weights in block 8, block 9, block 10, block 11 "):
+        AdaptedModel(default_base()[0]).load_adapter(directory)
+    assert AdaptedModel(default_mlm()[0]).load_adapter(directory) == "la"  # the host's encoder is its base

@@ -40,7 +40,9 @@ def info(directory: Path, as_json: bool) -> None:
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            value = ", ".join(
+                f"{k}=({len(v)} entries)" if isinstance(v, dict) else f"{k}={v}" for k, v in value.items()
+            )
         click.echo(f"{key:<{width}}  {value}")
 
 

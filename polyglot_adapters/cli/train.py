@@ -136,7 +136,13 @@ def _blocks(value: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--kg", "kg_name", type=click.Choice(["cldr", "nations", "kinships", "umls"]), default="cldr", show_default=True
 )
-@click.option("--model", default="default", show_default=True, help="'default' or a local transformers directory.")
+@click.option(
+    "--model",
+    default="default",
+    show_default=True,
+    help="'default', 'default-mlm' (the base of language adapters trained with --model default) or a local "
+    "transformers directory.",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

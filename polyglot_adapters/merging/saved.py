@@ -13,10 +13,9 @@ import torch
 
 from ..config import AdapterConfig
 from ..errors import BaseModelMismatchError, ConfigError
-from ..io import read_adapter_config, write_adapter
+from ..io import fingerprint_mismatch, read_adapter_config, write_adapter
 
 __all__ = [
-    "FINGERPRINT_FIELDS",
     "MergeError",
     "SavedAdapter",
     "check_bases",
@@ -24,8 +23,6 @@ __all__ = [
     "natural_key",
     "read_all",
 ]
-
-FINGERPRINT_FIELDS = ("model_type", "hidden_size", "num_layers", "params_sha256")
 
 
 class MergeError(ConfigError):
@@ -100,12 +97,11 @@ def check_bases(bases: Sequence[Mapping[str, Any]], labels: Sequence[str], kind:
     """
     first = bases[0]
     for base, label in zip(bases[1:], labels[1:], strict=True):
-        for field in FINGERPRINT_FIELDS:
-            if base.get(field) != first.get(field):
-                raise BaseModelMismatchError(
-                    f"{label} was made for a base with {field}={base.get(field)!r}, "
-                    f"{labels[0]} for {first.get(field)!r}; only {kind} of one base model merge"
-                )
+        mismatch = fingerprint_mismatch(dict(base), dict(first))
+        if mismatch is not None:
+            raise BaseModelMismatchError(
+                f"{label} was made for another base than {labels[0]} ({mismatch}); only {kind} of one base model merge"
+            )
 
 
 def natural_key(key: str) -> tuple[Any, ...]:

@@ -241,9 +241,11 @@ def load_base(path_or_name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
     """Loads a base model and its tokenizer by name or local path.
 
     Args:
-        path_or_name: ``"default"`` for :func:`default_base`, or a local transformers directory
-            (``config.json``, weights and tokenizer files, as written by ``save_pretrained``).
-            Hub names are not resolved: no hub is reachable here.
+        path_or_name: ``"default"`` for :func:`default_base`; ``"default-mlm"`` for the encoder
+            of :func:`~polyglot_adapters.models.default_mlm` (the default base with its masked-LM
+            host's retrained top layers: the base of language adapters trained on that host); or
+            a local transformers directory (``config.json``, weights and tokenizer files, as
+            written by ``save_pretrained``). Hub names are not resolved: no hub is reachable here.
 
     Returns:
         ``(model, tokenizer)``: the backbone (``AutoModel``) in eval mode and its tokenizer.
@@ -255,6 +257,11 @@ def load_base(path_or_name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
     """
     if str(path_or_name) == "default":
         return default_base()
+    if str(path_or_name) == "default-mlm":
+        from .mlm_parts import default_mlm  # mlm_parts builds on this module
+
+        mlm, tokenizer = default_mlm()
+        return mlm.bert, tokenizer
     return load_directory(model_directory(path_or_name))
 
 

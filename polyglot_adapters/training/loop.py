@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, CorruptArtifactError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, fingerprint_mismatch
 from .checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
 from .config import TrainConfig
 
@@ -457,8 +457,12 @@ def _restore(
         raise ConfigError(
             f"{directory}: checkpoint trains other parameters than this model; use another out_dir or delete it"
         )
-    if base is not None and meta.get("base") is not None and meta["base"] != base:
-        raise ConfigError(f"{directory}: checkpoint was trained on another base model; use another out_dir")
+    if isinstance(base, dict) and isinstance(meta.get("base"), dict):
+        mismatch = fingerprint_mismatch(meta["base"], base)
+        if mismatch is not None:
+            raise ConfigError(
+                f"{directory}: checkpoint was trained on another base model ({mismatch}); use another out_dir"
+            )
     step = meta.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= config.steps:
         raise CorruptArtifactError(f"{directory}: step {step!r} is not in 0..{config.steps}; delete the checkpoint")

@@ -24,7 +24,7 @@ from torch import nn
 
 from ...errors import AdapterNotFoundError, BaseModelMismatchError, CorruptArtifactError, SchemaVersionError
 from ...interfaces import HostInterface, find_interface
-from ...io import check_fingerprint, fingerprint, read_adapter, write_adapter
+from ...io import check_fingerprint, fingerprint, pin_weights_probe, read_adapter, unpin_weights_probe, write_adapter
 from ...kernels import gather_add_
 from ...sites import unwrap
 from .layer import SparseValuesLayer
@@ -161,6 +161,8 @@ class SparseDiff:
             targets.append((param, indices.to(param.device, torch.long), values.to(param.device)))
         # One matrix at a time: its entries are still in cache when they are written back.
         saved = [(param, idx, gather_add_(param.data.view(-1), idx, values)) for param, idx, values in targets]
+        if not _APPLIED.get(host):  # the host stays its base for fingerprints while diffs are in
+            pin_weights_probe(host, base.get("weights_probe"))
         _APPLIED.setdefault(host, []).append((self, saved))
         return lambda: self.revert(model)
 
@@ -180,6 +182,8 @@ class SparseDiff:
         _, saved = stack.pop()
         for param, idx, original in saved:
             param.data.view(-1).index_copy_(0, idx, original)
+        if not stack:
+            unpin_weights_probe(host)
 
     # ---------------------------------------------------------------- files
     def save(self, directory: str | os.PathLike[str], name: str = "sparse_diff") -> Path:
