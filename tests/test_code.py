@@ -303,11 +303,13 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
         out_dir=tmp_path / "search" / "ner-code",
         ner_adapter=tmp_path / "ner" / "adapter",
         ner_sides="code",
+        ner_layers=(0,),
         train_config=quick,
         code_length=32,
         query_length=16,
     )
     assert code_side_only["ner_sides"] == "code" and searched["ner+task"]["ner_sides"] == "both"
+    assert code_side_only["ner_layers"] == [0] and searched["ner+task"]["ner_layers"] is None
 
     # with ner_sides="code", queries are encoded by the task adapter alone and code by the stack
     am = AdaptedModel(load_code_base(tmp_path / "base" / "model")[0])

@@ -278,6 +278,7 @@ def ner_adapter_command(
     show_default=True,
     help="Which side the NER adapter encodes (code: queries use the task adapter alone).",
 )
+@click.option("--ner-layers", default=None, help="Blocks of the NER adapter to use, e.g. '0-5' [default: all].")
 @click.option("--reduction-factor", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--code-length", type=click.IntRange(3), default=256, show_default=True)
 @click.option("--query-length", type=click.IntRange(3), default=64, show_default=True)
@@ -289,6 +290,7 @@ def search_command(
     setup: str,
     ner_adapter: Path | None,
     ner_sides: str,
+    ner_layers: str | None,
     reduction_factor: float,
     code_length: int,
     query_length: int,
@@ -307,7 +309,9 @@ def search_command(
     """Code search (docstring -> function): train one setup and report MRR over all test functions."""
     from ..code.encoder import load_code_base
     from ..code.search import task_adapter_config, train_code_search
+    from ..training.language_adapter import parse_layers
 
+    layers = parse_layers(ner_layers) if ner_layers is not None else None  # a bad spec fails before loading
     where = _device(device)
     host, tokenizer = load_code_base(model)
     report = train_code_search(
@@ -318,6 +322,7 @@ def search_command(
         out_dir=out,
         ner_adapter=ner_adapter,
         ner_sides=ner_sides,
+        ner_layers=layers,
         config=task_adapter_config(reduction_factor=reduction_factor),
         train_config=_train_config(steps, batch_size, lr, precision, seed, eval_every),
         query_length=query_length,

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,7 @@ def train_code_search(
     out_dir: str | os.PathLike[str],
     ner_adapter: str | os.PathLike[str] | None = None,
     ner_sides: str = "both",
+    ner_layers: Sequence[int] | None = None,
     config: BottleneckConfig | None = None,
     train_config: TrainConfig | None = None,
     query_length: int = 64,
@@ -239,6 +240,8 @@ def train_code_search(
             (its ``adapter/``), needed by ``ner+task`` and ``gate``.
         ner_sides: ``both`` (queries and code go through the NER adapter) or ``code`` (queries
             through the task adapter alone).
+        ner_layers: Blocks of the NER adapter to use (e.g. the lower half: token types as
+            features for the upper blocks, which keep their own representations); ``None`` for all.
         config: The task adapter; default :func:`task_adapter_config`.
         train_config: Loop settings; ``best_metric`` becomes ``valid_mrr``.
         query_length: Query tokens kept.
@@ -281,7 +284,7 @@ def train_code_search(
 
     trained: list[str] = []
     if setup in ("ner+task", "gate"):
-        am.load_adapter(ner_adapter, name="ner")
+        am.load_adapter(ner_adapter, name="ner", layers=ner_layers)
     if setup in ("task", "ner+task", "gate"):
         with torch.random.fork_rng():
             torch.manual_seed(train_config.seed)
@@ -364,6 +367,7 @@ def train_code_search(
         "code_length": code_length,
         "ner_adapter": str(ner_adapter) if ner_adapter is not None else None,
         "ner_sides": ner_sides if setup in ("ner+task", "gate") else None,
+        "ner_layers": sorted(set(ner_layers)) if ner_layers is not None and setup in ("ner+task", "gate") else None,
         "seconds": seconds,
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
