@@ -28,6 +28,7 @@ from polyglot_adapters.code.ttc import (
     train_ner_adapter,
 )
 from polyglot_adapters.errors import BaseModelMismatchError, ConfigError, CorruptArtifactError
+from polyglot_adapters.io import read_adapter
 from polyglot_adapters.training import TrainConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -304,12 +305,22 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
         ner_adapter=tmp_path / "ner" / "adapter",
         ner_sides="code",
         ner_layers=(0,),
+        tune_ner=True,
         train_config=quick,
         code_length=32,
         query_length=16,
     )
     assert code_side_only["ner_sides"] == "code" and searched["ner+task"]["ner_sides"] == "both"
     assert code_side_only["ner_layers"] == [0] and searched["ner+task"]["ner_layers"] is None
+    assert code_side_only["tune_ner"] and not searched["ner+task"]["tune_ner"]
+    tuned, frozen = (
+        read_adapter(tmp_path / "search" / "ner-code" / "adapters" / "ner")[1],
+        read_adapter(tmp_path / "ner" / "adapter")[1],
+    )
+    assert tuned and all(not torch.equal(value, frozen[key]) for key, value in tuned.items())  # trained from TTC
+    assert code_side_only["trainable_parameters"] == searched["ner+task"]["trainable_parameters"] + sum(
+        t.numel() for t in tuned.values()
+    )
 
     # with ner_sides="code", queries are encoded by the task adapter alone and code by the stack
     am = AdaptedModel(load_code_base(tmp_path / "base" / "model")[0])

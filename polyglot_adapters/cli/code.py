@@ -279,6 +279,12 @@ def ner_adapter_command(
     help="Which side the NER adapter encodes (code: queries use the task adapter alone).",
 )
 @click.option("--ner-layers", default=None, help="Blocks of the NER adapter to use, e.g. '0-5' [default: all].")
+@click.option(
+    "--tune-ner/--frozen-ner",
+    default=False,
+    show_default=True,
+    help="Train the NER adapter too (from its token-type weights) in ner+task and gate.",
+)
 @click.option("--reduction-factor", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--code-length", type=click.IntRange(3), default=256, show_default=True)
 @click.option("--query-length", type=click.IntRange(3), default=64, show_default=True)
@@ -291,6 +297,7 @@ def search_command(
     ner_adapter: Path | None,
     ner_sides: str,
     ner_layers: str | None,
+    tune_ner: bool,
     reduction_factor: float,
     code_length: int,
     query_length: int,
@@ -323,6 +330,7 @@ def search_command(
         ner_adapter=ner_adapter,
         ner_sides=ner_sides,
         ner_layers=layers,
+        tune_ner=tune_ner,
         config=task_adapter_config(reduction_factor=reduction_factor),
         train_config=_train_config(steps, batch_size, lr, precision, seed, eval_every),
         query_length=query_length,

@@ -10,7 +10,8 @@ Setups compared by :func:`train_code_search` (``setup``): ``zero-shot`` (the enc
 frozen NER adapter with a task adapter stacked on top, :class:`~polyglot_adapters.Stack`) and
 ``gate`` (NER and task adapters mixed by a learned per-token gate, :class:`~polyglot_adapters.Gate`).
 With ``ner_sides="code"`` the NER adapter sees only the code; queries (natural language, which has
-no code token types) go through the task adapter alone.
+no code token types) go through the task adapter alone. With ``tune_ner`` the NER adapter is
+trained too, starting from its token-type weights.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def train_code_search(
     ner_adapter: str | os.PathLike[str] | None = None,
     ner_sides: str = "both",
     ner_layers: Sequence[int] | None = None,
+    tune_ner: bool = False,
     config: BottleneckConfig | None = None,
     train_config: TrainConfig | None = None,
     query_length: int = 64,
@@ -242,6 +244,7 @@ def train_code_search(
             through the task adapter alone).
         ner_layers: Blocks of the NER adapter to use (e.g. the lower half: token types as
             features for the upper blocks, which keep their own representations); ``None`` for all.
+        tune_ner: Train the NER adapter as well (from its token-type weights) instead of freezing it.
         config: The task adapter; default :func:`task_adapter_config`.
         train_config: Loop settings; ``best_metric`` becomes ``valid_mrr``.
         query_length: Query tokens kept.
@@ -296,6 +299,8 @@ def train_code_search(
         trained = ["task"]
     elif setup == "gate":
         trained = ["task", "mix"]
+    if tune_ner and setup in ("ner+task", "gate"):
+        trained.append("ner")
     if trained:
         am.train_adapters(*trained)
     else:
@@ -368,6 +373,7 @@ def train_code_search(
         "ner_adapter": str(ner_adapter) if ner_adapter is not None else None,
         "ner_sides": ner_sides if setup in ("ner+task", "gate") else None,
         "ner_layers": sorted(set(ner_layers)) if ner_layers is not None and setup in ("ner+task", "gate") else None,
+        "tune_ner": tune_ner and setup in ("ner+task", "gate"),
         "seconds": seconds,
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
