@@ -6,6 +6,8 @@ Usage:
         --setup ner+task --ner-adapter runs/code/ner/adapter
     python code/train_code_search.py --model runs/code/base/model --out runs/code/search/gate \\
         --setup gate --ner-adapter runs/code/ner/adapter
+    python code/train_code_search.py --model runs/code/base/model --out runs/code/search/ner-low \\
+        --setup ner+task --ner-adapter runs/code/ner/adapter --ner-sides code --ner-layers 0-5
     python code/train_code_search.py --model runs/code/base/model --out runs/code/search/full --setup full --lr 1e-4
     python code/train_code_search.py --help                                                  # every option
 
@@ -15,8 +17,10 @@ paragraph of a function's docstring, candidates are the functions without their 
 reported scores). A bi-encoder (mean pooling, symmetric in-batch InfoNCE, temperature 0.05) is
 trained in one of five setups: ``zero-shot``, ``full`` (every encoder parameter), ``task`` (a task
 adapter, reduction 16), ``ner+task`` (the frozen NER adapter with the task adapter stacked on
-top) or ``gate`` (NER and task adapters mixed by a learned gate). OUT/report.json holds the MRR
-and recall@1/5/10 over all test functions and the trainable parameters against full fine-tuning.
+top) or ``gate`` (NER and task adapters mixed by a learned gate). ``--ner-sides code`` keeps the
+NER adapter off the queries, ``--ner-layers`` keeps some of its blocks, ``--tune-ner`` trains it
+too. OUT/report.json holds the MRR and recall@1/5/10 over all test functions and the trainable
+parameters against full fine-tuning.
 """
 
 from __future__ import annotations
