@@ -400,7 +400,7 @@ class AdaptedModel(nn.Module):
         """``config`` restricted to ``layers``, which must be blocks it adapts."""
         if not dataclasses.is_dataclass(config) or "layers" not in {f.name for f in dataclasses.fields(config)}:
             raise ConfigError(f"a {config.method} adapter has no per-block layers to choose from")
-        have = config.layers if config.layers is not None else range(len(self.interface.find_blocks(self.model)[1]))
+        have = config.layers if config.layers is not None else range(self.base_fingerprint["num_layers"])
         wanted = tuple(sorted(set(layers)))
         missing = sorted(set(wanted) - set(have))
         if not wanted or missing:

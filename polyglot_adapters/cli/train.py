@@ -119,19 +119,6 @@ def _languages(value: str) -> tuple[str, ...]:
     return tuple(code.strip() for code in value.split(",") if code.strip())
 
 
-def _blocks(value: str | None) -> tuple[int, ...] | None:
-    """``"8-11"`` or ``"0,2,4"`` -> block indices; ``None`` -> all blocks."""
-    if value is None:
-        return None
-    blocks: list[int] = []
-    for part in value.split(","):
-        low, _, high = part.strip().partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            raise click.BadParameter(f"{value!r} is not like '8-11' or '0,2,4'", param_hint="--layers")
-        blocks.extend(range(int(low), int(high or low) + 1))
-    return tuple(sorted(set(blocks)))
-
-
 @train.command("kg-adapters")
 @click.option(
     "--kg", "kg_name", type=click.Choice(["cldr", "nations", "kinships", "umls"]), default="cldr", show_default=True
@@ -210,6 +197,7 @@ def kg_adapters(
     from ..kg import load_kg
     from ..kg.adapters import KGAdapterSettings, train_kg_adapters
     from ..models import load_base
+    from ..training.language_adapter import parse_layers
 
     lists = {
         "alignment_languages": alignment_languages,
@@ -229,7 +217,7 @@ def kg_adapters(
         hard_negatives=hard_negatives,
         temperature=temperature,
         reduction_factor=reduction_factor,
-        layers=_blocks(layers),
+        layers=parse_layers(layers) if layers is not None else None,
         fuse_steps=fuse_steps,
         typed_entities=typed_entities,
         seed=seed,

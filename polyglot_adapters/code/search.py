@@ -265,7 +265,8 @@ def train_code_search(
         raise ConfigError(f"unknown code-search setup {setup!r}; setups: {', '.join(SETUPS)}")
     if ner_sides not in ("both", "code"):
         raise ConfigError(f"ner_sides must be 'both' or 'code', got {ner_sides!r}")
-    if setup in ("ner+task", "gate") and ner_adapter is None:
+    uses_ner = setup in ("ner+task", "gate")
+    if uses_ner and ner_adapter is None:
         raise ConfigError(f"setup {setup!r} needs ner_adapter: the adapter directory that train_ner_adapter wrote")
     say = log or (lambda _: None)
     out = Path(out_dir)
@@ -286,7 +287,7 @@ def train_code_search(
         raise ConfigError("the train split has no documented functions")
 
     trained: list[str] = []
-    if setup in ("ner+task", "gate"):
+    if uses_ner:
         am.load_adapter(ner_adapter, name="ner", layers=ner_layers)
     if setup in ("task", "ner+task", "gate"):
         with torch.random.fork_rng():
@@ -299,7 +300,7 @@ def train_code_search(
         trained = ["task"]
     elif setup == "gate":
         trained = ["task", "mix"]
-    if tune_ner and setup in ("ner+task", "gate"):
+    if tune_ner and uses_ner:
         trained.append("ner")
     if trained:
         am.train_adapters(*trained)
@@ -307,7 +308,7 @@ def train_code_search(
         am.requires_grad_(False)
         if setup == "full":  # the encoder only: the masked-LM head plays no part in search
             backbone(am).requires_grad_(True)
-    query_side = "task" if ner_sides == "code" and setup in ("ner+task", "gate") else None
+    query_side = "task" if ner_sides == "code" and uses_ner else None
     encoder = SearchEncoder(am, query_composition=query_side)
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     say(
@@ -371,9 +372,9 @@ def train_code_search(
         "query_length": query_length,
         "code_length": code_length,
         "ner_adapter": str(ner_adapter) if ner_adapter is not None else None,
-        "ner_sides": ner_sides if setup in ("ner+task", "gate") else None,
-        "ner_layers": sorted(set(ner_layers)) if ner_layers is not None and setup in ("ner+task", "gate") else None,
-        "tune_ner": tune_ner and setup in ("ner+task", "gate"),
+        "ner_sides": ner_sides if uses_ner else None,
+        "ner_layers": sorted(set(ner_layers)) if ner_layers is not None and uses_ner else None,
+        "tune_ner": tune_ner and uses_ner,
         "seconds": seconds,
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
