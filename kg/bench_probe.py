@@ -3,7 +3,8 @@
 Usage:
     python kg/bench_probe.py                                  # default model, en de sw yo, natural prompts
     python kg/bench_probe.py --languages en,ja --prompts all --per-relation 100 --out runs/bench-probe.json
-    python kg/bench_probe.py --naive-facts 2                  # a shorter naive loop
+    python kg/bench_probe.py --naive-facts 2                  # a longer naive loop
+    python kg/bench_probe.py --precisions fp32                # float32 only
 
 For each language, the batched probe (:func:`polyglot_adapters.probing.probe_language`) asks
 ``--per-relation`` training facts of every relation with the chosen templates, scoring every
@@ -11,7 +12,10 @@ candidate of the relation; facts/s counts facts over the whole probe (tokenisati
 passes, scoring and metrics). In the same run, the naive loop (one forward pass per candidate,
 :func:`polyglot_adapters.probing.engine.score_naive`) scores ``--naive-facts`` facts per relation
 and its facts/s is extrapolated from them; both give the same scores (the largest difference
-is printed). Prints a markdown table with the machine and writes it to ``--out`` as JSON.
+is printed). Each precision of ``--precisions`` runs the batched probe once (``bf16``: the
+encoder under bfloat16 autocast, the candidate softmax in float32); the table gives each one's
+facts/s and how often bf16's top-1 answer is fp32's. Prints a markdown table with the machine
+and writes it to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default="natural", choices=sorted(PROMPT_SETS))
     parser.add_argument("--per-relation", type=int, default=50)
     parser.add_argument("--naive-facts", type=int, default=1, help="Facts per relation in the naive loop.")
+    parser.add_argument("--precisions", default="fp32,bf16", help="Batched probes to time (fp32 first).")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -73,28 +78,47 @@ def main(argv: list[str] | None = None) -> int:
     languages = [c for c in args.languages.split(",") if c]
     kg = load_kg("cldr")
     mlm, tokenizer = default_mlm()
-    settings = ProbeSettings(prompts=args.prompts, per_relation=args.per_relation, replicates=200)
-    probe_language(mlm, tokenizer, kg, languages[0], ProbeSettings(prompts="natural", per_relation=1))  # warm-up
+    precisions = [p for p in args.precisions.split(",") if p]
+    if not precisions or precisions[0] != "fp32" or set(precisions) - {"fp32", "bf16"}:
+        parser.error("--precisions must start with fp32 and list only fp32 and bf16")
+    for precision in precisions:  # warm-up
+        probe_language(
+            mlm, tokenizer, kg, languages[0], ProbeSettings(prompts="natural", per_relation=1, precision=precision)
+        )
     rows = []
     for language in languages:
         with LoadMeter() as meter:
-            result = probe_language(mlm, tokenizer, kg, language, settings)
-            naive_rate, diff, naive_facts = naive_check(mlm, tokenizer, kg, language, args.prompts, args.naive_facts)
-        rows.append(
-            {
-                "language": language,
-                "facts": result["facts"],
-                "templates_per_fact": result["templates_per_fact"],
-                "rows": result["rows"],
-                "batched_facts_per_s": result["facts_per_second"],
-                "naive_facts": naive_facts,
-                "naive_facts_per_s": naive_rate,
-                "speedup": result["facts_per_second"] / naive_rate,
-                "max_score_diff": diff,
-                "other_load": meter.other_load,
+            results = {
+                precision: probe_language(
+                    mlm,
+                    tokenizer,
+                    kg,
+                    language,
+                    ProbeSettings(
+                        prompts=args.prompts, per_relation=args.per_relation, replicates=200, precision=precision
+                    ),
+                )
+                for precision in precisions
             }
-        )
-        print(f"{language}: {rows[-1]}", file=sys.stderr)
+            naive_rate, diff, naive_facts = naive_check(mlm, tokenizer, kg, language, args.prompts, args.naive_facts)
+        exact = results["fp32"]
+        row = {
+            "language": language,
+            "facts": exact["facts"],
+            "templates_per_fact": exact["templates_per_fact"],
+            "rows": exact["rows"],
+            "naive_facts": naive_facts,
+            "naive_facts_per_s": naive_rate,
+            "max_score_diff": diff,
+            "other_load": meter.other_load,
+        }
+        for precision, result in results.items():
+            row[f"{precision}_facts_per_s"] = result["facts_per_second"]
+            row[f"{precision}_metrics"] = {k: v["value"] for k, v in result["metrics"].items()}
+            same = [a["top1"] == b["top1"] for a, b in zip(exact["top1"], result["top1"], strict=True)]
+            row[f"{precision}_top1_agreement"] = sum(same) / len(same)
+        rows.append(row)
+        print(f"{language}: {row}", file=sys.stderr)
     machine = machine_info()
     loads = [r["other_load"] for r in rows if r["other_load"] is not None]
     lines = [
@@ -103,16 +127,27 @@ def main(argv: list[str] | None = None) -> int:
         f"Prompts: {args.prompts}; every candidate of the relation scored; naive loop on "
         f"{args.naive_facts} fact(s) per relation",
         "",
-        "| language | facts | templates/fact | forward rows | batched facts/s | naive facts/s | speed-up "
-        "| max score diff |",
-        "|---|---|---|---|---|---|---|---|",
+        "| language | facts | templates/fact | forward rows | naive facts/s | "
+        + " | ".join(f"{p} facts/s | {p} vs naive" for p in precisions)
+        + " | max score diff (fp32 vs naive) | "
+        + " | ".join(f"{p} vs fp32 | {p} top-1 = fp32's" for p in precisions[1:])
+        + " |",
+        "|---" * (6 + 2 * len(precisions) + 2 * (len(precisions) - 1)) + "|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['language']} | {r['facts']} | {r['templates_per_fact']} | {r['rows']} | "
-            f"{r['batched_facts_per_s']:.1f} | {r['naive_facts_per_s']:.2f} | {r['speedup']:.0f}x | "
-            f"{r['max_score_diff']:.1e} |"
-        )
+        cells = [r["language"], r["facts"], r["templates_per_fact"], r["rows"], f"{r['naive_facts_per_s']:.2f}"]
+        cells += [
+            x
+            for p in precisions
+            for x in (f"{r[p + '_facts_per_s']:.1f}", f"{r[p + '_facts_per_s'] / r['naive_facts_per_s']:.0f}x")
+        ]
+        cells.append(f"{r['max_score_diff']:.1e}")
+        cells += [
+            x
+            for p in precisions[1:]
+            for x in (f"{r[p + '_facts_per_s'] / r['fp32_facts_per_s']:.2f}x", f"{r[p + '_top1_agreement']:.1%}")
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     print("\n".join(lines))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,25 @@ def test_batched_scores_equal_one_candidate_per_forward(
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+def test_bf16_scores_track_fp32_with_the_head_in_float32(kg: KGDataset, tokenizer: PreTrainedTokenizerFast) -> None:
+    _, _, _, queries, tables = _queries(kg, tokenizer, "en", per_relation=1)
+    model = tiny_mlm(tokenizer).eval()
+    exact = score_queries(model, tokenizer, queries, tables, batch_size=16)
+    regrouped = score_queries(model, tokenizer, queries, tables, batch_size=5)
+    fast = score_queries(model, tokenizer, queries, tables, batch_size=16, precision="bf16")
+
+    def gap(scores: list[torch.Tensor]) -> float:
+        return float(max((a - b).abs().max() for a, b in zip(exact, scores, strict=True)))
+
+    # The encoder ran in bfloat16: its scores move by far more than float32's batching noise.
+    assert 10 * gap(regrouped) < gap(fast) < 0.1 and all(s.dtype == torch.float32 for s in fast)
+    assert sum(int(a.argmax() == b.argmax()) for a, b in zip(exact, fast, strict=True)) >= 0.9 * len(exact)
+    with pytest.raises(ProbeError, match="unknown precision 'fp16'"):
+        score_queries(model, tokenizer, queries, tables, precision="fp16")
+    with pytest.raises(ProbeError, match="unknown precision"):
+        ProbeSettings(precision="int8")
+
+
 # ------------------------------------------------------------------- metrics
 
 

@@ -39,6 +39,7 @@ from ..models.mlm import decode_tokens
 from .facts import Fact, ProbeError
 
 __all__ = [
+    "PRECISIONS",
     "CandidateTable",
     "Query",
     "build_queries",
@@ -51,6 +52,10 @@ __all__ = [
     "score_naive",
     "score_queries",
 ]
+
+
+PRECISIONS = ("fp32", "bf16")
+"""Encoder precisions of a probe: float32, or bfloat16 autocast (the head always in its own dtype)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +281,7 @@ def score_queries(
     *,
     slots: int = 0,
     batch_size: int = 256,
+    precision: str = "fp32",
     progress: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Scores all candidates of every query.
@@ -287,12 +293,20 @@ def score_queries(
         tables: Candidate tables the queries index.
         slots: Placeholder tokens after the first token (prompt slots of a P-Adapter).
         batch_size: Rows per forward pass.
+        precision: One of :data:`PRECISIONS`: ``bf16`` runs the encoder under bfloat16 autocast;
+            the head's logits and the softmax over the candidate vocabulary stay in its dtype.
         progress: Called with the number of rows done after each batch.
 
     Returns:
         Per query, ``(C,)`` float32 length-normalised log-probabilities of its table's candidates.
+
+    Raises:
+        ProbeError: If ``precision`` is not one of :data:`PRECISIONS`.
     """
+    if precision not in PRECISIONS:
+        raise ProbeError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
     host = head_host(model)
+    device = next(model.parameters()).device
     frame = probe_frame(tokenizer)
     rows = [(q, length) for q, query in enumerate(queries) for length in tables[query.table].groups]
     rows.sort(key=lambda r: -(len(queries[r[0]].left) + len(queries[r[0]].right) + r[1]))
@@ -300,9 +314,10 @@ def score_queries(
     for begin in range(0, len(rows), batch_size):
         chunk = rows[begin : begin + batch_size]
         built = [query_row(queries[q], length, slots, frame) for q, length in chunk]
-        hidden = _forward(
-            model, [b[0] for b in built], [b[1] for b in built], [queries[q].relation for q, _ in chunk], frame[2]
-        )
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            hidden = _forward(
+                model, [b[0] for b in built], [b[1] for b in built], [queries[q].relation for q, _ in chunk], frame[2]
+            )
         for b, ((q, length), (_, _, start)) in enumerate(zip(chunk, built, strict=True)):
             hidden_at[(queries[q].table, length)].append((q, hidden[b, start : start + length]))  # (L, H)
         if progress is not None:

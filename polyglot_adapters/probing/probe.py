@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..kg.datasets import KGDataset
 from ..kg.plot import bar_chart_png
-from .engine import build_queries, score_queries
+from .engine import PRECISIONS, build_queries, score_queries
 from .facts import Fact, ProbeError, candidate_sets, check_relations, known_objects, probe_facts
 from .metrics import METRICS, fact_metrics, summarise
 from .templates import TEMPLATE_SET, load_templates
@@ -65,6 +65,9 @@ class ProbeSettings:
         replicates: Bootstrap replicates for the 95% intervals.
         seed: Seed of the fact sample and the bootstrap.
         templates: A template directory or file to use instead of the shipped set.
+        precision: ``fp32``, or ``bf16`` to run the encoder under bfloat16 autocast (the
+            candidate softmax stays in the head's dtype); about 2.7x faster on CPUs with
+            AVX-512 BF16 and on GPUs, slower on CPUs without it.
     """
 
     relations: tuple[str, ...] | None = None
@@ -75,6 +78,7 @@ class ProbeSettings:
     replicates: int = 1000
     seed: int = 0
     templates: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.prompts not in PROMPT_SETS:
@@ -83,6 +87,8 @@ class ProbeSettings:
             raise ProbeError(f"per_relation must be >= 1 or None, got {self.per_relation}")
         if self.batch_size < 1 or self.replicates < 1:
             raise ProbeError("batch_size and replicates must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ProbeError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
 
 
 def probe_language(
@@ -143,7 +149,14 @@ def probe_language(
     rows = sum(len(tables[q.table].groups) for q in queries)
     with tqdm(total=rows, desc=f"probe {language}", unit="row", disable=not progress, file=sys.stderr) as bar:
         scores = score_queries(
-            model, tokenizer, queries, tables, slots=slots, batch_size=settings.batch_size, progress=bar.update
+            model,
+            tokenizer,
+            queries,
+            tables,
+            slots=slots,
+            batch_size=settings.batch_size,
+            precision=settings.precision,
+            progress=bar.update,
         )
     seconds = time.perf_counter() - started
     per_fact = len(queries) // len(facts)
