@@ -4,6 +4,7 @@ Usage:
     python kg/train_p_adapters.py --kg-adapter runs/kg-masked/kg --out runs/p-adapters       # on the KG adapter
     python kg/train_p_adapters.py --out runs/p-adapters-base                                  # on the base alone
     python kg/train_p_adapters.py --variants rewrite,ptuning --steps 200 --eval-languages en,sw --out runs/pa-small
+    python kg/train_p_adapters.py --variants rewrite --precision bf16 --out runs/pa-bf16   # bf16 autocast
 
 The setting of the P-Adapter paper on the CLDR MLKG: the KG's training triples (the facts a KG
 adapter was trained on) are split per relation into P-Adapter training facts and held-out facts,
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="Training and probing (bf16: autocast)."
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -112,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     eval_languages = [c for c in args.eval_languages.split(",") if c]
     torch.manual_seed(args.seed)
     kg = load_kg("cldr")
-    probe_settings = ProbeSettings(prompts="heldout", per_relation=None, replicates=500, seed=args.seed)
+    probe_settings = ProbeSettings(
+        prompts="heldout", per_relation=None, replicates=500, seed=args.seed, precision=args.precision
+    )
     systems: dict[str, Any] = {}
     reports: dict[str, Any] = {}
     held_out: dict[str, list] | None = None
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
+            precision=args.precision,
             seed=args.seed,
         )
         model, tokenizer = fresh_model(args.kg_adapter)

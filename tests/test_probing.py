@@ -288,11 +288,16 @@ def test_probe_cli_writes_json_table_and_chart(
 # ------------------------------------------------------------------- P-Adapter training
 
 
-@pytest.mark.parametrize("variant", ["rewrite", "moe"])
+@pytest.mark.parametrize(
+    ("variant", "precision"),
+    [("rewrite", "fp32"), ("moe", "fp32"), ("rewrite", "bf16"), ("prefix", "bf16"), ("moe", "bf16")],
+)
 def test_train_p_adapter_lowers_the_prompt_loss_and_saves(
-    kg: KGDataset, tokenizer: PreTrainedTokenizerFast, tmp_path: Path, variant: str
+    kg: KGDataset, tokenizer: PreTrainedTokenizerFast, tmp_path: Path, variant: str, precision: str
 ) -> None:
-    settings = PAdapterSettings(variant=variant, languages=("en", "de"), steps=40, batch_size=16, lr=1e-2, hidden=16)
+    settings = PAdapterSettings(
+        variant=variant, languages=("en", "de"), steps=40, batch_size=16, lr=1e-2, hidden=16, precision=precision
+    )
     relations = list(kg.relations)
     facts = {lang: fact_split(probe_facts(kg, lang, relations), 0.5)[0] for lang in settings.languages}
     examples, vocabs = prompt_examples(tokenizer, kg, facts, relations, slots=settings.slots)
@@ -308,6 +313,7 @@ def test_train_p_adapter_lowers_the_prompt_loss_and_saves(
     assert (tmp_path / "pa" / "adapter.safetensors").is_file() and (tmp_path / "report.json").is_file()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)  # base and kg frozen
     assert model.num_parameters("pa") == report["trainable_parameters"] > 0
+    assert json.loads((tmp_path / "report.json").read_text())["settings"]["precision"] == precision
     model.eval()
     with torch.no_grad():
         after = float(loss(model, batch))

@@ -72,6 +72,8 @@ class PAdapterSettings:
         prompt_length: Prompt slots of ``prefix``, ``ptuning`` and ``moe``.
         hidden: BiLSTM width of ``rewrite`` and ``prefix``.
         router_weight: Weight of the ``moe`` router's cross-entropy.
+        precision: ``fp32`` or ``bf16`` (the training loop's autocast; the candidate softmax of
+            the loss stays in the head's dtype).
         seed: Seeds the fact split, initialisation and data order.
     """
 
@@ -86,6 +88,7 @@ class PAdapterSettings:
     prompt_length: int = 4
     hidden: int = 256
     router_weight: float = 1.0
+    precision: str = "fp32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class PAdapterSettings:
             raise ConfigError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
         if not self.languages or self.steps < 1 or self.batch_size < 1:
             raise ConfigError("languages must be non-empty, steps and batch_size >= 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
     def config(self, num_relations: int) -> PAdapterConfig:
         """The adapter's config for a KG with ``num_relations`` relations."""
@@ -305,6 +310,7 @@ def train_p_adapter(
             warmup_steps=max(1, settings.steps // 10),
             seed=settings.seed,
             save_every=max(1, settings.steps // 4),
+            precision=settings.precision,
         ),
         out_dir=out / "train",
         progress=progress,

@@ -191,7 +191,7 @@ class PAdapterLayer(AdapterLayer):
         delta = self._mlp(states)  # (B, L, H)
         if order is not None:
             index = order[:, : delta.shape[1], None].expand(-1, -1, delta.shape[-1])
-            delta = y.new_zeros(y.shape).scatter(1, index, delta)  # back to (B, T, H)
+            delta = delta.new_zeros(y.shape).scatter(1, index, delta)  # back to (B, T, H), in its dtype
         out = y + delta
         unchanged = keep
         if mask is not None:
