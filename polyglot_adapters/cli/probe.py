@@ -44,7 +44,7 @@ def _codes(value: str | None) -> tuple[str, ...] | None:
     type=click.Choice(["fp32", "bf16"]),
     default="fp32",
     show_default=True,
-    help="bf16: the encoder under bfloat16 autocast (about 2.7x faster on CPUs with AVX-512 BF16).",
+    help="bf16: the encoder under bfloat16 autocast (2.5-3.2x faster on CPUs with AVX-512 BF16).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write probe.json, probe.md, probe.png.")

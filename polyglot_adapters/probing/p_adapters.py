@@ -39,7 +39,7 @@ from ..methods.p_adapter import PAdapterConfig, router_loss
 from ..model import AdaptedModel
 from ..models.mlm import decode_tokens
 from ..training import TrainConfig, train
-from .engine import build_queries, encode_rows, head_host, pad_rows, probe_frame, query_row
+from .engine import PRECISIONS, build_queries, encode_rows, head_host, pad_rows, probe_frame, query_row
 from .facts import Fact, candidate_sets, check_relations, probe_facts
 from .templates import load_templates
 
@@ -98,8 +98,8 @@ class PAdapterSettings:
             raise ConfigError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
         if not self.languages or self.steps < 1 or self.batch_size < 1:
             raise ConfigError("languages must be non-empty, steps and batch_size >= 1")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
     def config(self, num_relations: int) -> PAdapterConfig:
         """The adapter's config for a KG with ``num_relations`` relations."""

@@ -66,7 +66,7 @@ class ProbeSettings:
         seed: Seed of the fact sample and the bootstrap.
         templates: A template directory or file to use instead of the shipped set.
         precision: ``fp32``, or ``bf16`` to run the encoder under bfloat16 autocast (the
-            candidate softmax stays in the head's dtype); about 2.7x faster on CPUs with
+            candidate softmax stays in the head's dtype); 2.5-3.2x faster on CPUs with
             AVX-512 BF16 and on GPUs, slower on CPUs without it.
     """
 
