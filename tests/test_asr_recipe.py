@@ -163,3 +163,17 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
     assert main([*command, "--lang", "sw,de", "--full"]) != 0  # full fine-tuning is one language per run
     assert main([*command, "--lang", "sw,xx"]) != 0
     assert not (tmp_path / "y").exists()
+
+
+def test_train_base_command_groups_by_length_under_bf16(tmp_path) -> None:
+    corpus().save(tmp_path / "features")
+    command = ["asr", "train-base", "--data", str(tmp_path / "features"), "--preset", "tiny", "--steps", "2"]
+    assert (
+        main([*command, "--batch-size", "2", "--eval-every", "2", "--precision", "bf16", "--out", str(tmp_path / "a")])
+        == 0
+    )
+    config = json.loads((tmp_path / "a" / "report.json").read_text())["config"]
+    assert config["precision"] == "bf16" and config["group_by_length"] is True
+    assert load_transducer(tmp_path / "a" / "model")[0].config.num_layers == 2
+    assert main([*command, "--no-group-by-length", "--precision", "fp16", "--out", str(tmp_path / "b")]) != 0
+    assert not (tmp_path / "b").exists()

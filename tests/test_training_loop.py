@@ -378,3 +378,62 @@ def test_out_dir_in_the_config_and_a_moved_run_directory(tmp_path: Path) -> None
     assert again == config
     assert train(build(), dataset(), collate, loss_fn, again, out_dir=moved, progress=False).resumed_from == 2
     assert not first.exists()  # the keyword argument overrides the config's out_dir
+
+
+def _record_batches(config: TrainConfig, lengths: list[int] | None) -> list[list[int]]:
+    """Trains a one-parameter model on the indices of 100 examples; returns every batch's indices, in order."""
+    model = torch.nn.Linear(1, 1)
+    batches: list[list[int]] = []
+
+    def record(examples: list[int], seeds: list[int]) -> torch.Tensor:
+        batches.append(list(examples))
+        return torch.tensor(examples, dtype=torch.float32)[:, None]
+
+    train(
+        model,
+        list(range(100)),
+        record,
+        lambda m, x: m(x).pow(2).mean(),
+        config,
+        progress=False,
+        lengths=lengths,
+    )
+    return batches
+
+
+def test_group_by_length_keeps_epochs_whole_and_batches_even() -> None:
+    lengths = torch.randint(1, 1000, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    # 100 examples in batches of 8: 6 epochs in 75 steps, with batches straddling the epoch boundaries
+    grouped = _record_batches(TrainConfig(steps=75, batch_size=8, group_by_length=True), lengths)
+    plain = _record_batches(TrainConfig(steps=75, batch_size=8), lengths)
+    for batches in (grouped, plain):
+        flat = [i for batch in batches for i in batch]
+        for epoch in range(6):  # every example exactly once per epoch
+            assert sorted(flat[epoch * 100 : (epoch + 1) * 100]) == list(range(100))
+
+    def spread(batches: list[list[int]]) -> float:
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert spread(grouped) < 0.25 * spread(plain)
+    assert grouped != plain and grouped == _record_batches(
+        TrainConfig(steps=75, batch_size=8, group_by_length=True), lengths
+    )
+    # one epoch of full batches: batch order is shuffled, not longest first
+    first_epoch = [max(lengths[i] for i in b) for b in grouped[:12]]
+    assert first_epoch != sorted(first_epoch, reverse=True)
+
+
+def test_group_by_length_needs_one_length_per_example() -> None:
+    config = TrainConfig(steps=1, batch_size=8, group_by_length=True)
+    with pytest.raises(ConfigError, match="one length per example"):
+        _record_batches(config, None)
+    with pytest.raises(ConfigError, match="one length per example"):
+        train(
+            torch.nn.Linear(1, 1),
+            list(range(10)),
+            lambda e, s: e,
+            lambda m, b: m.weight.sum(),
+            config,
+            progress=False,
+            lengths=[1, 2],
+        )

@@ -234,7 +234,14 @@ def train_base(
     model.transcriber.set_feature_stats(*feature_stats(train_examples))
     model.to(device)
     config = config or TrainConfig(
-        steps=2000, lr=2e-3, warmup_steps=200, batch_size=16, eval_every=250, save_every=250, best_metric="valid_loss"
+        steps=2000,
+        lr=2e-3,
+        warmup_steps=200,
+        batch_size=16,
+        eval_every=250,
+        save_every=250,
+        best_metric="valid_loss",
+        group_by_length=True,
     )
 
     def save_best(m: torch.nn.Module, directory: Path) -> None:
@@ -300,7 +307,14 @@ def train_language_adapter(
     am.set_active(language)
     am.train_adapters(language)
     config = config or TrainConfig(
-        steps=300, lr=2e-3, warmup_steps=30, batch_size=8, eval_every=50, save_every=50, best_metric="valid_loss"
+        steps=300,
+        lr=2e-3,
+        warmup_steps=30,
+        batch_size=8,
+        eval_every=50,
+        save_every=50,
+        best_metric="valid_loss",
+        group_by_length=True,
     )
     clock = time.perf_counter()
     result = train_transducer(
@@ -399,7 +413,14 @@ def train_language_adapters(
     valid = {language: data.select("valid", language) for language in languages}
     labelled = [e for language in languages for e in data.select("train_tail", language)]
     config = config or TrainConfig(
-        steps=300, lr=1e-2, warmup_steps=30, batch_size=16, eval_every=50, save_every=50, best_metric="valid_wer"
+        steps=300,
+        lr=1e-2,
+        warmup_steps=30,
+        batch_size=16,
+        eval_every=50,
+        save_every=50,
+        best_metric="valid_wer",
+        group_by_length=True,
     )
     selection_log = out / "run" / "selection.jsonl"
 
@@ -523,7 +544,14 @@ def fine_tune_language(
     test = data.select("test", language)
     before = evaluate(model, test, tokenizer)
     config = config or TrainConfig(
-        steps=300, lr=5e-4, warmup_steps=30, batch_size=8, eval_every=50, save_every=50, best_metric="valid_loss"
+        steps=300,
+        lr=5e-4,
+        warmup_steps=30,
+        batch_size=8,
+        eval_every=50,
+        save_every=50,
+        best_metric="valid_loss",
+        group_by_length=True,
     )
 
     def save_best(m: torch.nn.Module, directory: Path) -> None:

@@ -395,6 +395,7 @@ def train_transducer(
         eval_fn=eval_fn or (valid_fn if valid_examples else None),
         save_fn=save_fn,
         progress=progress,
+        lengths=[example.features.shape[0] for example in train_examples],
     )
 
 

@@ -18,6 +18,19 @@ _DATA_OPTION = click.option(
     help="Feature directory written by `asr data` (tokenizer.model + <split>.safetensors).",
 )
 _DEVICE_OPTION = click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cuda.")
+_PRECISION_OPTION = click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16: forward and loss under bfloat16 autocast (the transducer and CTC losses stay in float32).",
+)
+_GROUP_OPTION = click.option(
+    "--group-by-length/--no-group-by-length",
+    default=True,
+    show_default=True,
+    help="Batch utterances of similar duration (less padding: about 3x faster steps on the recipe's corpus).",
+)
 
 
 def _adapters(pairs: tuple[str, ...], hint: str = "--adapter") -> dict[str, str]:
@@ -112,6 +125,8 @@ def data_command(
     show_default=True,
     help="Share of the auxiliary CTC loss on the encoder (0 = RNN-T alone).",
 )
+@_PRECISION_OPTION
+@_GROUP_OPTION
 @_DEVICE_OPTION
 def train_base_command(
     data_dir: Path,
@@ -122,6 +137,8 @@ def train_base_command(
     lr: float,
     eval_every: int,
     ctc_weight: float,
+    precision: str,
+    group_by_length: bool,
     device: str,
 ) -> None:
     """Train the multilingual base transducer on every language's labelled audio (OUT/model, OUT/report.json)."""
@@ -133,6 +150,8 @@ def train_base_command(
         lr=lr,
         warmup_steps=max(1, steps // 10),
         batch_size=batch_size,
+        group_by_length=group_by_length,
+        precision=precision,
         eval_every=eval_every,
         save_every=eval_every,
         best_metric="valid_loss",
@@ -160,6 +179,8 @@ def train_base_command(
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
+@_PRECISION_OPTION
+@_GROUP_OPTION
 @_DEVICE_OPTION
 def train_lda_command(
     model_dir: Path,
@@ -173,6 +194,8 @@ def train_lda_command(
     batch_size: int,
     lr: float,
     eval_every: int,
+    precision: str,
+    group_by_length: bool,
     device: str,
 ) -> None:
     """Train tail languages' adapters with the base frozen (OUT/adapter or OUT/bundle, OUT/report.json).
@@ -198,6 +221,8 @@ def train_lda_command(
         lr=lr,
         warmup_steps=max(1, steps // 10),
         batch_size=batch_size,
+        group_by_length=group_by_length,
+        precision=precision,
         eval_every=eval_every,
         save_every=eval_every,
         best_metric="valid_loss" if len(languages) == 1 else "valid_wer",

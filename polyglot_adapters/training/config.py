@@ -29,6 +29,10 @@ class TrainConfig:
         schedule: After warm-up: ``linear`` (decay to 0), ``cosine`` (to 0) or ``constant``.
         batch_size: Examples per optimizer step, over all processes and accumulation steps.
         grad_accumulation: Micro-batches per optimizer step (must divide ``batch_size``).
+        group_by_length: Batch examples of similar length (``train(..., lengths=...)``): each
+            epoch is still a fresh random order of every example, but windows of 64 batches are
+            sorted by length before they are cut into batches, and the batches are shuffled, so
+            little of a padded batch is padding.
         max_grad_norm: Gradient clipping norm (global, after averaging), or ``None``.
         precision: ``fp32`` or ``bf16`` (autocast around forward and loss; parameters and
             optimizer state stay in their own dtype).
@@ -50,6 +54,7 @@ class TrainConfig:
     schedule: str = "linear"
     batch_size: int = 8
     grad_accumulation: int = 1
+    group_by_length: bool = False
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"
     eval_every: int = 0
@@ -101,6 +106,7 @@ class TrainConfig:
             self.schedule in ("linear", "cosine", "constant"),
             f"schedule must be 'linear', 'cosine' or 'constant', got {self.schedule!r}",
         )
+        check(isinstance(self.group_by_length, bool), f"group_by_length must be a bool, got {self.group_by_length!r}")
         check(self.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         check(self.best_mode in ("min", "max"), f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
         check(

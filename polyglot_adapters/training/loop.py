@@ -88,20 +88,43 @@ def _mix(*values: int) -> int:
     return acc
 
 
-class _Order:
-    """Example index at each global position: a fresh permutation per epoch, seeded by ``(seed, epoch)``."""
+_GROUP_WINDOW = 64
+"""Batches per window that ``group_by_length`` sorts by length."""
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
+
+class _Order:
+    """Example index at each global position: a fresh permutation per epoch, seeded by ``(seed, epoch)``.
+
+    With ``lengths`` (``group_by_length``) each epoch's permutation is arranged into batches of
+    similar length: windows of ``_GROUP_WINDOW`` batches are sorted by length, cut into batches
+    and the batches shuffled. Batch boundaries are the global ones (positions ``s * B``), so the
+    few positions of an epoch that finish the previous epoch's last batch get its shortest examples.
+    """
+
+    def __init__(self, size: int, seed: int, *, lengths: torch.Tensor | None = None, batch_size: int = 1) -> None:
+        self.size, self.seed, self.lengths, self.batch_size = size, seed, lengths, batch_size
         self._cache: dict[int, torch.Tensor] = {}
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        order = torch.randperm(self.size, generator=generator)
+        if self.lengths is None:
+            return order
+        b = self.batch_size
+        windows = order.split(b * _GROUP_WINDOW)
+        order = torch.cat([w[torch.argsort(self.lengths[w], descending=True, stable=True)] for w in windows])
+        head = min((-epoch * self.size) % b, self.size)  # positions that complete the previous epoch's last batch
+        body, shortest = order[: self.size - head], order[self.size - head :]
+        full = body.numel() // b * b
+        batches = body[:full].view(-1, b)[torch.randperm(full // b, generator=generator)]  # (full / b, b)
+        return torch.cat([shortest, batches.reshape(-1), body[full:]])
 
     def at(self, positions: range) -> list[int]:
         out = []
         for p in positions:
             epoch, offset = divmod(p, self.size)
             if epoch not in self._cache:
-                generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
-                self._cache = {epoch: torch.randperm(self.size, generator=generator)}
+                self._cache = {epoch: self._epoch(epoch)}
             out.append(int(self._cache[epoch][offset]))
         return out
 
@@ -117,12 +140,14 @@ def train(
     eval_fn: EvalFn | None = None,
     save_fn: SaveFn | None = None,
     progress: bool = True,
+    lengths: Sequence[int] | None = None,
 ) -> TrainResult:
     """Trains the parameters of ``model`` that have ``requires_grad`` (e.g. after ``am.train_adapters(...)``).
 
     Step ``s`` (0-based) uses the examples at global positions ``[s * B, (s + 1) * B)`` with
     ``B = config.batch_size``; position ``p`` maps to ``permutation(seed, p // len(dataset))[p %
-    len(dataset)]``. Each optimizer step runs ``grad_accumulation`` micro-batches of
+    len(dataset)]`` (with ``group_by_length``, the permutation arranged into batches of similar
+    length, see ``TrainConfig``). Each optimizer step runs ``grad_accumulation`` micro-batches of
     ``B / grad_accumulation`` examples; under ``torchrun`` each process takes the slice
     ``[rank * shard, (rank + 1) * shard)`` of every micro-batch and gradients are averaged over
     processes once per step (after the last micro-batch), so the result equals one process with
@@ -150,14 +175,16 @@ def train(
         save_fn: Saves what should be kept when ``best_metric`` improves (e.g.
             ``lambda m, d: m.save_adapter("sw", d)``); called with ``out_dir / "best"``.
         progress: Show a progress bar (stderr, rank 0, only when stderr is a terminal).
+        lengths: Each example's length (e.g. frames or tokens), for ``config.group_by_length``.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
-        ConfigError: No trainable parameters, an empty dataset, batch sizes that do not divide
-            over the processes, ``best_metric`` missing from the metrics, or a checkpoint written
-            with another config, other parameters or another base model.
+        ConfigError: No trainable parameters, an empty dataset, ``group_by_length`` without one
+            length per example, batch sizes that do not divide over the processes,
+            ``best_metric`` missing from the metrics, or a checkpoint written with another
+            config, other parameters or another base model.
         CorruptArtifactError: An unreadable or inconsistent checkpoint (never silently restarted).
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -165,6 +192,9 @@ def train(
         raise ConfigError("the model has no trainable parameters; call train_adapters(...) first")
     if len(dataset) == 0:
         raise ConfigError("the training dataset is empty")
+    if config.group_by_length and (lengths is None or len(lengths) != len(dataset)):
+        got = "none" if lengths is None else str(len(lengths))
+        raise ConfigError(f"group_by_length needs one length per example ({len(dataset)}), got {got}")
     device = next(iter(params.values())).device
     world = _World.from_env(device)
     micro = config.batch_size // config.grad_accumulation
@@ -200,7 +230,13 @@ def train(
         desc="train",
         dynamic_ncols=True,
     )
-    run = _Run(model, dataset, collate, loss_fn, config, params, optimizer, world, device, out, log, base, best)
+    order = _Order(
+        len(dataset),
+        config.seed,
+        lengths=torch.as_tensor(list(lengths)) if config.group_by_length and lengths is not None else None,
+        batch_size=config.batch_size,
+    )
+    run = _Run(model, dataset, order, collate, loss_fn, config, params, optimizer, world, device, out, log, base, best)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # caller's RNG untouched
             model.train()
@@ -220,6 +256,7 @@ class _Run:
 
     model: nn.Module
     dataset: Sequence[Any]
+    order: _Order
     collate: Collate
     loss_fn: LossFn
     config: TrainConfig
@@ -239,7 +276,6 @@ class _Run:
         config, world, device = self.config, self.world, self.device
         micro = config.batch_size // config.grad_accumulation
         shard = micro // world.size
-        order = _Order(len(self.dataset), config.seed)
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
         trainable = list(self.params.values())
         clock, seen, tokens = time.perf_counter(), 0, 0
@@ -252,7 +288,7 @@ class _Run:
             for m in range(config.grad_accumulation):
                 first = step * config.batch_size + m * micro + world.rank * shard
                 positions = range(first, first + shard)
-                examples = [self.dataset[i] for i in order.at(positions)]
+                examples = [self.dataset[i] for i in self.order.at(positions)]
                 batch = _to_device(self.collate(examples, [_mix(config.seed, p) for p in positions]), device)
                 with autocast:
                     loss = self.loss_fn(self.model, batch)
@@ -445,6 +481,9 @@ def _restore(
     tensors, meta = read_checkpoint(directory)
     saved = meta.get("config")
     saved = {k: v for k, v in saved.items() if k != "out_dir"} if isinstance(saved, dict) else {}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    if saved:  # a field added after the checkpoint was written reads as its default
+        saved = {**{k: v for k, v in defaults.items() if k != "out_dir"}, **saved}
     if saved != config.resume_key():  # a moved run directory still resumes
         diff = sorted(
             k for k in config.resume_key().keys() | saved.keys() if saved.get(k) != config.resume_key().get(k)
