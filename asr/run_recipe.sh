@@ -14,15 +14,18 @@
 #      adds a noisy-student round); each language keeps its best checkpoint -> OUT/lda/bundle;
 #   4. `asr train-lda --full --lang L` for each tail language: full fine-tuning, the adapters' baseline -> OUT/full/L;
 #   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json.
-# Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS, NOISY.
+# Every training step batches utterances of similar duration and runs under bf16 autocast (PRECISION=fp32 to turn that off).
+# Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS, NOISY,
+# PRECISION.
 set -euo pipefail
 OUT=${1:?output directory}
 DEVICE=${2:-cpu}
 PRESET=${PRESET:-cpu}
-BASE_STEPS=${BASE_STEPS:-1200}
+BASE_STEPS=${BASE_STEPS:-5000}
 LDA_STEPS=${LDA_STEPS:-300}
 FULL_STEPS=${FULL_STEPS:-300}
 TAIL=${TAIL:-sw om tn af}
+PRECISION=${PRECISION:-bf16}
 PA=${PA:-polyglot-adapters}
 export OMP_NUM_THREADS=${THREADS:-2}
 FEATURES="$OUT/corpus/features"
@@ -37,19 +40,20 @@ fi
 if [ ! -f "$OUT/base/model/model.json" ]; then
     step "base ($PRESET, $BASE_STEPS steps of 32)"
     $PA asr train-base --data "$FEATURES" --out "$OUT/base" --preset "$PRESET" --steps "$BASE_STEPS" \
-        --batch-size 32 --lr 2e-3 --eval-every 150 --ctc-weight 0.3 --device "$DEVICE" > "$OUT/logs/base.log" 2>&1
+        --batch-size 32 --lr 2e-3 --eval-every 250 --ctc-weight 0.3 --precision "$PRECISION" --device "$DEVICE" > "$OUT/logs/base.log" 2>&1
 fi
 if [ ! -f "$OUT/lda/report.json" ]; then
     step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16${NOISY:+, then a noisy-student round})"
     $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "${TAIL// /,}" --out "$OUT/lda" \
-        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} --device "$DEVICE" \
+        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} --precision "$PRECISION" \
+        --device "$DEVICE" \
         > "$OUT/logs/lda.log" 2>&1
 fi
 for lang in $TAIL; do
     if [ ! -f "$OUT/full/$lang/report.json" ]; then
         step "full fine-tuning on $lang ($FULL_STEPS steps of 8)"
         $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "$lang" --out "$OUT/full/$lang" --full \
-            --steps "$FULL_STEPS" --batch-size 8 --lr 5e-4 --eval-every 50 --device "$DEVICE" \
+            --steps "$FULL_STEPS" --batch-size 8 --lr 5e-4 --eval-every 50 --precision "$PRECISION" --device "$DEVICE" \
             > "$OUT/logs/full-$lang.log" 2>&1
     fi
 done

@@ -71,6 +71,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Model size presets for :func:`train_base` (keyword arguments of ``conformer_transducer``)."""
 
 
+def _recipe_config(*, lr: float, batch_size: int, best_metric: str, steps: int = 300, every: int = 50) -> TrainConfig:
+    """The recipe's default loop: 10% warm-up, grouped batches, evaluation and checkpoint every ``every`` steps."""
+    return TrainConfig(
+        steps=steps,
+        lr=lr,
+        warmup_steps=steps // 10,
+        batch_size=batch_size,
+        eval_every=every,
+        save_every=every,
+        best_metric=best_metric,
+        group_by_length=True,
+    )
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
@@ -233,16 +247,7 @@ def train_base(
     )
     model.transcriber.set_feature_stats(*feature_stats(train_examples))
     model.to(device)
-    config = config or TrainConfig(
-        steps=2000,
-        lr=2e-3,
-        warmup_steps=200,
-        batch_size=16,
-        eval_every=250,
-        save_every=250,
-        best_metric="valid_loss",
-        group_by_length=True,
-    )
+    config = config or _recipe_config(lr=2e-3, batch_size=16, best_metric="valid_loss", steps=2000, every=250)
 
     def save_best(m: torch.nn.Module, directory: Path) -> None:
         save_transducer(m, data.tokenizer, directory, languages=data.languages, extra={"preset": preset})
@@ -306,16 +311,7 @@ def train_language_adapter(
     am.add_adapter(language, language_adapter_config(reduction_factor))
     am.set_active(language)
     am.train_adapters(language)
-    config = config or TrainConfig(
-        steps=300,
-        lr=2e-3,
-        warmup_steps=30,
-        batch_size=8,
-        eval_every=50,
-        save_every=50,
-        best_metric="valid_loss",
-        group_by_length=True,
-    )
+    config = config or _recipe_config(lr=2e-3, batch_size=8, best_metric="valid_loss")
     clock = time.perf_counter()
     result = train_transducer(
         am,
@@ -412,16 +408,7 @@ def train_language_adapters(
     routes = {data.languages.index(language): language for language in languages}
     valid = {language: data.select("valid", language) for language in languages}
     labelled = [e for language in languages for e in data.select("train_tail", language)]
-    config = config or TrainConfig(
-        steps=300,
-        lr=1e-2,
-        warmup_steps=30,
-        batch_size=16,
-        eval_every=50,
-        save_every=50,
-        best_metric="valid_wer",
-        group_by_length=True,
-    )
+    config = config or _recipe_config(lr=1e-2, batch_size=16, best_metric="valid_wer")
     selection_log = out / "run" / "selection.jsonl"
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
@@ -543,16 +530,7 @@ def fine_tune_language(
     model.to(device)
     test = data.select("test", language)
     before = evaluate(model, test, tokenizer)
-    config = config or TrainConfig(
-        steps=300,
-        lr=5e-4,
-        warmup_steps=30,
-        batch_size=8,
-        eval_every=50,
-        save_every=50,
-        best_metric="valid_loss",
-        group_by_length=True,
-    )
+    config = config or _recipe_config(lr=5e-4, batch_size=8, best_metric="valid_loss")
 
     def save_best(m: torch.nn.Module, directory: Path) -> None:
         save_transducer(m, tokenizer, directory, languages=meta["languages"])
