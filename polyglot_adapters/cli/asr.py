@@ -29,7 +29,7 @@ _GROUP_OPTION = click.option(
     "--group-by-length/--no-group-by-length",
     default=True,
     show_default=True,
-    help="Batch utterances of similar duration (less padding: about 3x faster steps on the recipe's corpus).",
+    help="Batch utterances of similar duration (less padding: 2.1x faster training on the recipe's corpus).",
 )
 
 
