@@ -437,3 +437,17 @@ def test_group_by_length_needs_one_length_per_example() -> None:
             progress=False,
             lengths=[1, 2],
         )
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_resumes(tmp_path: Path) -> None:
+    config = TrainConfig(steps=4, lr=1e-2, batch_size=8, save_every=2)
+    first = build()
+    train(first, dataset(), collate, loss_fn, TrainConfig(**{**config.to_dict(), "steps": 2}), out_dir=tmp_path)
+    tensors, meta = read_checkpoint(tmp_path / "checkpoint")
+    older = {k: v for k, v in meta["config"].items() if k != "group_by_length"}  # written before the field
+    write_checkpoint(tmp_path / "checkpoint", tensors, {**meta, "config": {**older, "steps": 4}})
+    assert train(build(), dataset(), collate, loss_fn, config, out_dir=tmp_path).resumed_from == 2
+    changed = {**older, "steps": 4, "group_by_length": True}
+    write_checkpoint(tmp_path / "checkpoint", tensors, {**meta, "config": changed})
+    with pytest.raises(ConfigError, match=r"differs in \['group_by_length'\]"):
+        train(build(), dataset(), collate, loss_fn, config, out_dir=tmp_path)
