@@ -8,7 +8,8 @@ Each configuration trains a fresh copy of the same initial model (preset ``cpu``
 batch 32, the recipe's settings) through the library's training loop for ``--steps`` steps,
 after one warm-up call per configuration; configurations alternate within each round. The
 figures are medians over rounds of utterances and audio seconds trained per wall-clock second
-and the share of the padded batches that is padding; speed-ups are of audio seconds per second
+and the share of the padded batches that is padding (and the most of the machine that other
+processes used during any timed call); speed-ups are of audio seconds per second
 (the timed batches of two configurations are different samples of the corpus), relative to
 random fp32 batches (the loop without ``group_by_length``) in the same run.
 """
@@ -19,9 +20,7 @@ import argparse
 import copy
 import dataclasses
 import json
-import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +29,14 @@ import torch
 from polyglot_adapters.asr.model import conformer_transducer
 from polyglot_adapters.asr.recipe import PRESETS, SpeechData
 from polyglot_adapters.asr.training import collate_speech, feature_stats, transducer_loss
+from polyglot_adapters.machine import LoadMeter, machine_info
 from polyglot_adapters.training import TrainConfig, train
 
 _FRAME_SECONDS = 0.01
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
 def _time(model: torch.nn.Module, examples: list[Any], config: TrainConfig) -> dict[str, float]:
-    """Trains a copy of ``model``; returns seconds, utterances, audio seconds and padding share."""
+    """Trains a copy of ``model``; returns seconds, other load, utterances, audio seconds and padding share."""
     counts = {"frames": 0, "padded": 0, "utterances": 0}
 
     def collate(batch: list[Any], seeds: list[int]) -> dict[str, torch.Tensor]:
@@ -59,19 +47,20 @@ def _time(model: torch.nn.Module, examples: list[Any], config: TrainConfig) -> d
         return out
 
     model = copy.deepcopy(model)
-    clock = time.perf_counter()
-    train(
-        model,
-        examples,
-        collate,
-        lambda m, batch: transducer_loss(m, batch),
-        config,
-        progress=False,
-        lengths=[e.features.shape[0] for e in examples],
-    )
-    seconds = time.perf_counter() - clock
+    with LoadMeter() as meter:
+        train(
+            model,
+            examples,
+            collate,
+            lambda m, batch: transducer_loss(m, batch),
+            config,
+            progress=False,
+            lengths=[e.features.shape[0] for e in examples],
+        )
+    seconds = meter.seconds
     return {
         "seconds": seconds,
+        "other_load": meter.other_load,
         "utterances_per_s": counts["utterances"] / seconds,
         "audio_s_per_s": counts["frames"] * _FRAME_SECONDS / seconds,
         "padding": 1 - counts["frames"] / counts["padded"],
@@ -127,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             "utterances_per_s": statistics.median(r["utterances_per_s"] for r in results),
             "audio_s_per_s": rate,
             "padding": statistics.median(r["padding"] for r in results),
+            "max_other_load": max((r["other_load"] or 0.0) for r in results),
             "speedup_vs_random_fp32": rate / base_rate,
             "per_round_speedup": [
                 r["audio_s_per_s"] / b["audio_s_per_s"] for r, b in zip(results, runs[baseline], strict=True)
             ],
         }
     report = {
-        "machine": _machine(),
+        "machine": machine_info(),
         "preset": args.preset,
         "batch_size": args.batch_size,
         "steps": args.steps,
