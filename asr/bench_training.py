@@ -52,7 +52,7 @@ def _time(model: torch.nn.Module, examples: list[Any], config: TrainConfig) -> d
             model,
             examples,
             collate,
-            lambda m, batch: transducer_loss(m, batch),
+            transducer_loss,
             config,
             progress=False,
             lengths=[e.features.shape[0] for e in examples],

@@ -52,6 +52,7 @@ __all__ = [
     "language_adapter_config",
     "load_corpus",
     "make_corpus",
+    "recipe_config",
     "train_base",
     "train_language_adapter",
     "train_language_adapters",
@@ -71,17 +72,27 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Model size presets for :func:`train_base` (keyword arguments of ``conformer_transducer``)."""
 
 
-def _recipe_config(*, lr: float, batch_size: int, best_metric: str, steps: int = 300, every: int = 50) -> TrainConfig:
-    """The recipe's default loop: 10% warm-up, grouped batches, evaluation and checkpoint every ``every`` steps."""
+def recipe_config(
+    *,
+    lr: float,
+    batch_size: int,
+    best_metric: str,
+    steps: int = 300,
+    every: int = 50,
+    precision: str = "fp32",
+    group_by_length: bool = True,
+) -> TrainConfig:
+    """The recipe's training loop: 10% warm-up, grouped batches, evaluation and checkpoint every ``every`` steps."""
     return TrainConfig(
         steps=steps,
         lr=lr,
-        warmup_steps=steps // 10,
+        warmup_steps=max(1, steps // 10),
         batch_size=batch_size,
+        group_by_length=group_by_length,
+        precision=precision,
         eval_every=every,
         save_every=every,
         best_metric=best_metric,
-        group_by_length=True,
     )
 
 
@@ -247,7 +258,7 @@ def train_base(
     )
     model.transcriber.set_feature_stats(*feature_stats(train_examples))
     model.to(device)
-    config = config or _recipe_config(lr=2e-3, batch_size=16, best_metric="valid_loss", steps=2000, every=250)
+    config = config or recipe_config(lr=2e-3, batch_size=16, best_metric="valid_loss", steps=2000, every=250)
 
     def save_best(m: torch.nn.Module, directory: Path) -> None:
         save_transducer(m, data.tokenizer, directory, languages=data.languages, extra={"preset": preset})
@@ -311,7 +322,7 @@ def train_language_adapter(
     am.add_adapter(language, language_adapter_config(reduction_factor))
     am.set_active(language)
     am.train_adapters(language)
-    config = config or _recipe_config(lr=2e-3, batch_size=8, best_metric="valid_loss")
+    config = config or recipe_config(lr=2e-3, batch_size=8, best_metric="valid_loss")
     clock = time.perf_counter()
     result = train_transducer(
         am,
@@ -408,7 +419,7 @@ def train_language_adapters(
     routes = {data.languages.index(language): language for language in languages}
     valid = {language: data.select("valid", language) for language in languages}
     labelled = [e for language in languages for e in data.select("train_tail", language)]
-    config = config or _recipe_config(lr=1e-2, batch_size=16, best_metric="valid_wer")
+    config = config or recipe_config(lr=1e-2, batch_size=16, best_metric="valid_wer")
     selection_log = out / "run" / "selection.jsonl"
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
@@ -530,7 +541,7 @@ def fine_tune_language(
     model.to(device)
     test = data.select("test", language)
     before = evaluate(model, test, tokenizer)
-    config = config or _recipe_config(lr=5e-4, batch_size=8, best_metric="valid_loss")
+    config = config or recipe_config(lr=5e-4, batch_size=8, best_metric="valid_loss")
 
     def save_best(m: torch.nn.Module, directory: Path) -> None:
         save_transducer(m, tokenizer, directory, languages=meta["languages"])

@@ -142,19 +142,16 @@ def train_base_command(
     device: str,
 ) -> None:
     """Train the multilingual base transducer on every language's labelled audio (OUT/model, OUT/report.json)."""
-    from ..asr.recipe import SpeechData, train_base
-    from ..training import TrainConfig
+    from ..asr.recipe import SpeechData, recipe_config, train_base
 
-    config = TrainConfig(
-        steps=steps,
+    config = recipe_config(
         lr=lr,
-        warmup_steps=max(1, steps // 10),
         batch_size=batch_size,
-        group_by_length=group_by_length,
-        precision=precision,
-        eval_every=eval_every,
-        save_every=eval_every,
         best_metric="valid_loss",
+        steps=steps,
+        every=eval_every,
+        precision=precision,
+        group_by_length=group_by_length,
     )
     report = train_base(
         SpeechData.load(data_dir), out, preset=preset, config=config, ctc_weight=ctc_weight, device=device
@@ -205,8 +202,13 @@ def train_lda_command(
     checkpoint with the lowest valid WER. With --full, fine-tune the whole model on one
     language's data instead (OUT/model): the baseline.
     """
-    from ..asr.recipe import SpeechData, fine_tune_language, train_language_adapter, train_language_adapters
-    from ..training import TrainConfig
+    from ..asr.recipe import (
+        SpeechData,
+        fine_tune_language,
+        recipe_config,
+        train_language_adapter,
+        train_language_adapters,
+    )
     from .train import _languages
 
     data = SpeechData.load(data_dir)
@@ -216,16 +218,14 @@ def train_lda_command(
             raise click.BadParameter(f"{code!r} is not in the data's languages {data.languages}", param_hint="--lang")
     if full and len(languages) > 1:
         raise click.BadParameter("--full fine-tunes one language per run; give one language", param_hint="--lang")
-    config = TrainConfig(
-        steps=steps,
+    config = recipe_config(
         lr=lr,
-        warmup_steps=max(1, steps // 10),
         batch_size=batch_size,
-        group_by_length=group_by_length,
-        precision=precision,
-        eval_every=eval_every,
-        save_every=eval_every,
         best_metric="valid_loss" if len(languages) == 1 else "valid_wer",
+        steps=steps,
+        every=eval_every,
+        precision=precision,
+        group_by_length=group_by_length,
     )
     if len(languages) > 1:
         report = train_language_adapters(

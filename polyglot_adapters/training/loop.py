@@ -233,7 +233,7 @@ def train(
     order = _Order(
         len(dataset),
         config.seed,
-        lengths=torch.as_tensor(list(lengths)) if config.group_by_length and lengths is not None else None,
+        lengths=torch.as_tensor(list(lengths)) if config.group_by_length else None,  # checked above
         batch_size=config.batch_size,
     )
     run = _Run(model, dataset, order, collate, loss_fn, config, params, optimizer, world, device, out, log, base, best)
