@@ -5,11 +5,14 @@ Usage:
     python kg/train_p_adapters.py --out runs/p-adapters-base                                  # on the base alone
     python kg/train_p_adapters.py --variants rewrite,ptuning --steps 200 --eval-languages en,sw --out runs/pa-small
     python kg/train_p_adapters.py --variants rewrite --precision bf16 --out runs/pa-bf16   # bf16 autocast
+    python kg/train_p_adapters.py --variants rewrite --consistency-weight 1 --batch-size 16 --out runs/pa-c1
 
 The setting of the P-Adapter paper on the CLDR MLKG: the KG's training triples (the facts a KG
 adapter was trained on) are split per relation into P-Adapter training facts and held-out facts,
 the same in every language. Each variant trains on the training facts asked with the *training*
-paraphrases, in all ``--languages`` at once, with the masked LM and the KG adapter frozen. All
+paraphrases, in all ``--languages`` at once (with ``--consistency-weight`` a batch holds whole facts,
+each with all its training paraphrases, and a term pulls a fact's paraphrases towards the same
+answer), with the masked LM and the KG adapter frozen. All
 systems are evaluated on held-out facts asked with the *held-out* paraphrases (out-of-distribution
 prompts): the model alone ("natural prompts") and with each trained variant. Reports macro P@1
 and consistency with 95% bootstrap intervals per language, English and the mean over the other
@@ -103,9 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-languages", default="en,de,ja,hi,ar,sw,am,yo")
     parser.add_argument("--eval-per-relation", type=int, default=15, help="Held-out facts per relation and language.")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="Rows per step (with --consistency-weight: facts, with every prompt).",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=0.0,
+        help="Weight of the symmetric KL between paraphrases of one fact (0: the token NLL alone).",
+    )
     parser.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32", help="Training and probing (bf16: autocast)."
     )
@@ -129,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
+            consistency_weight=args.consistency_weight,
             precision=args.precision,
             seed=args.seed,
         )

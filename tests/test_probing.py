@@ -17,6 +17,7 @@ from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
 from polyglot_adapters import AdaptedModel, Average, Gate, Stack
 from polyglot_adapters.cli.main import main
+from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.kg import KGDataset, build_kg, fetch_cldr_core, load_kg
 from polyglot_adapters.kg.cloze import split_by_spans
 from polyglot_adapters.methods.bottleneck import BottleneckConfig
@@ -31,6 +32,7 @@ from polyglot_adapters.probing import (
     candidate_sets,
     candidate_table,
     compose,
+    fact_groups,
     fact_metrics,
     fact_split,
     format_table,
@@ -289,20 +291,35 @@ def test_probe_cli_writes_json_table_and_chart(
 
 
 @pytest.mark.parametrize(
-    ("variant", "precision"),
-    [("rewrite", "fp32"), ("moe", "fp32"), ("rewrite", "bf16"), ("prefix", "bf16"), ("moe", "bf16")],
+    ("variant", "precision", "consistency"),
+    [
+        ("rewrite", "fp32", 0.0),
+        ("moe", "fp32", 0.0),
+        ("rewrite", "bf16", 0.0),
+        ("prefix", "bf16", 0.0),
+        ("moe", "bf16", 0.0),
+        ("rewrite", "fp32", 1.0),
+    ],
 )
 def test_train_p_adapter_lowers_the_prompt_loss_and_saves(
-    kg: KGDataset, tokenizer: PreTrainedTokenizerFast, tmp_path: Path, variant: str, precision: str
+    kg: KGDataset, tokenizer: PreTrainedTokenizerFast, tmp_path: Path, variant: str, precision: str, consistency: float
 ) -> None:
     settings = PAdapterSettings(
-        variant=variant, languages=("en", "de"), steps=40, batch_size=16, lr=1e-2, hidden=16, precision=precision
+        variant=variant,
+        languages=("en", "de"),
+        steps=40,
+        batch_size=8 if consistency else 16,
+        lr=1e-2,
+        hidden=16,
+        consistency_weight=consistency,
+        precision=precision,
     )
     relations = list(kg.relations)
     facts = {lang: fact_split(probe_facts(kg, lang, relations), 0.5)[0] for lang in settings.languages}
     examples, vocabs = prompt_examples(tokenizer, kg, facts, relations, slots=settings.slots)
     collate = PromptCollate(tokenizer.pad_token_id)
-    batch = collate(examples[::7], list(range(len(examples[::7]))))  # every relation and language
+    groups = fact_groups(examples)[::3]  # every relation and language
+    batch = collate(groups, list(range(len(groups))))
     loss = PromptLoss(vocabs)
     model = AdaptedModel(tiny_mlm(tokenizer))
     model.add_adapter("kg", BottleneckConfig.knowledge())
@@ -326,6 +343,86 @@ def test_train_p_adapter_lowers_the_prompt_loss_and_saves(
     # The held-out facts of the split never train the adapter.
     held = {(f.subject, f.relation, f.object) for f in fact_split(probe_facts(kg, "en", relations), 0.5)[1]}
     assert not held & {(f.subject, f.relation, f.object) for f in facts["en"]}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"variant": "lstm"}, "unknown P-Adapter variant"),
+        ({"held_out_fraction": 1.0}, "held_out_fraction"),
+        ({"steps": 0}, "steps and batch_size"),
+        ({"consistency_weight": -0.5}, "consistency_weight must be >= 0"),
+        ({"precision": "fp16"}, "precision must be one of"),
+    ],
+)
+def test_p_adapter_settings_refuse_bad_values(bad: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PAdapterSettings(**bad)
+
+
+def test_prompt_batches_hold_whole_facts_and_pair_their_paraphrases(
+    kg: KGDataset, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    relations = list(kg.relations)
+    facts = {lang: probe_facts(kg, lang, relations)[:20] for lang in ("en", "de")}
+    examples, _ = prompt_examples(tokenizer, kg, facts, relations)
+    groups = fact_groups(examples)
+    assert len(groups) == 40 and [e for g in groups for e in g] == examples
+    assert all(len({(e.fact, e.relation, e.target) for e in g}) == 1 and len(g) == 2 for g in groups)  # 2 paraphrases
+    batch = PromptCollate(tokenizer.pad_token_id)(groups[:5], list(range(5)))
+    rows, cols = batch["mask_row"], batch["mask_col"]
+    assert batch["input_ids"].shape[0] == 10 and len(rows) == sum(len(e.target) for g in groups[:5] for e in g)
+    a, b = batch["pair_a"], batch["pair_b"]
+    assert len(a) == len(b) == len(rows) // 2 > 0
+    assert torch.equal(rows[a] // 2, rows[b] // 2) and bool((rows[a] < rows[b]).all())  # the same fact, two rows
+    assert torch.equal(batch["mask_target"][a], batch["mask_target"][b])
+    # The j-th mask of one paraphrase pairs with the j-th mask of the other.
+    first = {int(r): int(cols[rows == r].min()) for r in rows.unique()}
+    offset = lambda m: cols[m] - torch.tensor([first[int(r)] for r in rows[m]])  # noqa: E731
+    assert torch.equal(offset(a), offset(b))
+    # Rows as items (no consistency term): the same rows, no pairs.
+    rows_only = PromptCollate(tokenizer.pad_token_id)([(e,) for g in groups[:5] for e in g], list(range(10)))
+    assert torch.equal(rows_only["input_ids"], batch["input_ids"]) and rows_only["pair_a"].numel() == 0
+
+
+def test_the_consistency_term_is_the_symmetric_kl_between_paraphrases(
+    kg: KGDataset, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    relations = list(kg.relations)
+    facts = {"en": probe_facts(kg, "en", relations)[:12]}
+    examples, vocabs = prompt_examples(tokenizer, kg, facts, relations)
+    groups = fact_groups(examples)
+    torch.manual_seed(0)
+    model = tiny_mlm(tokenizer).eval()
+    collate = PromptCollate(tokenizer.pad_token_id)
+    batch = collate(groups, list(range(len(groups))))
+    with torch.no_grad():
+        plain = float(PromptLoss(vocabs)(model, batch))
+        weighted = float(PromptLoss(vocabs, consistency_weight=2.0)(model, batch))
+        hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        at = hidden[batch["mask_row"], batch["mask_col"]]
+        relation_of = batch["relations"][batch["mask_row"]]
+        kl = []
+        for i, j in zip(batch["pair_a"].tolist(), batch["pair_b"].tolist(), strict=True):
+            vocab = vocabs[int(relation_of[i])]
+            p, q = (model.cls(at[k][None])[0, vocab].float().log_softmax(-1) for k in (i, j))
+            kl.append(
+                0.5
+                * (
+                    torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum")
+                    + torch.nn.functional.kl_div(p, q, log_target=True, reduction="sum")
+                )
+            )
+    expected = 2.0 * float(torch.stack(kl).mean())
+    assert expected > 1e-4  # the two paraphrases disagree at random init
+    assert weighted - plain == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    # Two identical rows per fact (the same paraphrase twice) add nothing.
+    twins = [(g[0], g[0]) for g in groups]
+    batch = collate(twins, list(range(len(twins))))
+    with torch.no_grad():
+        assert float(PromptLoss(vocabs, consistency_weight=5.0)(model, batch)) == pytest.approx(
+            float(PromptLoss(vocabs)(model, batch)), abs=1e-6
+        )
 
 
 def test_compositions_of_probed_adapters() -> None:

@@ -17,7 +17,14 @@ from __future__ import annotations
 from .engine import CandidateTable, Query, build_queries, candidate_table, score_naive, score_queries
 from .facts import Fact, ProbeError, candidate_sets, check_relations, known_objects, probe_facts
 from .metrics import METRICS, bootstrap_macro, fact_metrics, summarise
-from .p_adapters import PAdapterSettings, cap_per_relation, fact_split, prompt_examples, train_p_adapter
+from .p_adapters import (
+    PAdapterSettings,
+    cap_per_relation,
+    fact_groups,
+    fact_split,
+    prompt_examples,
+    train_p_adapter,
+)
 from .probe import PROMPT_SETS, ProbeSettings, format_table, json_bytes, probe_chart, probe_language, probe_languages
 from .run import COMPOSITIONS, compose, probe_run
 from .templates import (
@@ -51,6 +58,7 @@ __all__ = [
     "candidate_table",
     "check_relations",
     "compose",
+    "fact_groups",
     "fact_metrics",
     "fact_split",
     "format_table",

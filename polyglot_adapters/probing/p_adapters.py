@@ -9,7 +9,11 @@ out-of-distribution prompts setting), against the same model queried with those 
 
 Loss: for each example, the mean over the gold object's tokens of the negative log-probability
 at its mask, normalised over the relation's candidate vocabulary (the softmax the probe scores
-with); the mixture-of-experts variant adds the router's cross-entropy over relations.
+with); the mixture-of-experts variant adds the router's cross-entropy over relations. With a
+consistency weight, a batch holds whole facts (every training paraphrase of each) and a
+consistency term pulls the paraphrases of one fact towards the same answer: the symmetric KL
+divergence between their distributions at each mask (as R-Drop does between two dropout masks;
+Elazar et al. 2021 train a masked LM for consistency across paraphrases with a pairwise divergence).
 
 Example:
     >>> am = AdaptedModel(mlm); am.load_adapter("runs/kg/kg"); am.set_active("kg")
@@ -48,6 +52,7 @@ __all__ = [
     "PromptExample",
     "PromptLoss",
     "cap_per_relation",
+    "fact_groups",
     "fact_split",
     "prompt_examples",
     "train_p_adapter",
@@ -67,11 +72,14 @@ class PAdapterSettings:
         held_out_fraction: Share of each relation's facts kept for evaluation.
         per_relation: At most this many facts per relation and language (``None``: all).
         steps: Optimizer steps.
-        batch_size: Examples per step.
+        batch_size: Training items per step: rows, or with ``consistency_weight`` whole facts (each
+            with all its training paraphrases).
         lr: Peak learning rate.
         prompt_length: Prompt slots of ``prefix``, ``ptuning`` and ``moe``.
         hidden: BiLSTM width of ``rewrite`` and ``prefix``.
         router_weight: Weight of the ``moe`` router's cross-entropy.
+        consistency_weight: Weight of the paraphrase-consistency term (0: the token NLL alone, a
+            batch of independent rows).
         precision: ``fp32`` or ``bf16`` (the training loop's autocast; the candidate softmax of
             the loss stays in the head's dtype).
         seed: Seeds the fact split, initialisation and data order.
@@ -88,6 +96,7 @@ class PAdapterSettings:
     prompt_length: int = 4
     hidden: int = 256
     router_weight: float = 1.0
+    consistency_weight: float = 0.0
     precision: str = "fp32"
     seed: int = 0
 
@@ -98,6 +107,8 @@ class PAdapterSettings:
             raise ConfigError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
         if not self.languages or self.steps < 1 or self.batch_size < 1:
             raise ConfigError("languages must be non-empty, steps and batch_size >= 1")
+        if self.consistency_weight < 0:
+            raise ConfigError(f"consistency_weight must be >= 0, got {self.consistency_weight}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
@@ -139,6 +150,7 @@ class PromptExample:
         start: Position of the first mask.
         target: Positions of the gold tokens in the relation's candidate vocabulary.
         relation: Relation index.
+        fact: Index of its fact (language and triple) among the examples' facts.
     """
 
     ids: tuple[int, ...]
@@ -146,6 +158,7 @@ class PromptExample:
     start: int
     target: tuple[int, ...]
     relation: int
+    fact: int
 
 
 def prompt_examples(
@@ -160,12 +173,13 @@ def prompt_examples(
     """Training examples for every fact and template of ``kinds``, and each relation's candidate vocabulary.
 
     Returns:
-        The examples and, per relation index, the sorted ``(K,)`` token ids its softmax covers
-        (every token of every candidate in every template and language).
+        The examples (the rows of one fact are consecutive) and, per relation index, the sorted
+        ``(K,)`` token ids its softmax covers (every token of every candidate in every template and language).
     """
     frame = probe_frame(tokenizer)
-    raw: list[tuple[list[int], list[int], int, tuple[int, ...], int]] = []
+    raw: list[tuple[list[int], list[int], int, tuple[int, ...], int, int]] = []
     vocab: dict[int, set[int]] = defaultdict(set)
+    fact_index = 0
     for language, facts in facts_by_language.items():
         if not facts:
             continue
@@ -185,45 +199,83 @@ def prompt_examples(
                 table = tables[query.table]
                 tokens = table.tokens[gold]
                 ids, keep, start = query_row(query, len(tokens), slots, frame)
-                raw.append((ids, keep, start, tokens, query.relation))
+                raw.append((ids, keep, start, tokens, query.relation, fact_index))
                 vocab[query.relation].update(int(v) for v in table.vocab)
                 q += 1
+            fact_index += 1
     vocabs = {r: torch.tensor(sorted(v), dtype=torch.long) for r, v in vocab.items()}
     where = {r: {int(t): i for i, t in enumerate(v)} for r, v in vocabs.items()}
     examples = [
-        PromptExample(tuple(ids), tuple(keep), start, tuple(where[r][t] for t in tokens), r)
-        for ids, keep, start, tokens, r in raw
+        PromptExample(tuple(ids), tuple(keep), start, tuple(where[r][t] for t in tokens), r, fact)
+        for ids, keep, start, tokens, r, fact in raw
     ]
     return examples, vocabs
 
 
+def fact_groups(examples: Sequence[PromptExample]) -> list[tuple[PromptExample, ...]]:
+    """The examples grouped by fact (the training loop's items when a batch must hold whole facts)."""
+    groups: dict[int, list[PromptExample]] = defaultdict(list)
+    for example in examples:
+        groups[example.fact].append(example)
+    return [tuple(rows) for rows in groups.values()]
+
+
 class PromptCollate:
-    """``(examples, seeds) -> batch`` of padded rows with the mask positions, targets and relations."""
+    """``(groups, seeds) -> batch``: every row of the groups padded, with masks, targets and paraphrase pairs.
+
+    A group is a fact's rows (:func:`fact_groups`) or a single row.
+    """
 
     def __init__(self, pad: int) -> None:
         self.pad = pad
 
-    def __call__(self, examples: Sequence[PromptExample], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Pads the rows; ``mask_row``/``mask_col``/``mask_target`` list every gold token, ``mask_example`` its row."""
+    def __call__(self, groups: Sequence[Sequence[PromptExample]], seeds: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Pads the rows.
+
+        ``mask_row``/``mask_col``/``mask_target`` list every gold token with its row; ``pair_a``/
+        ``pair_b`` index into that list the masks at the same gold-token position in two
+        paraphrases of one fact (rows of a group whose gold tokens are the same), for the consistency term.
+        """
+        examples = [e for rows in groups for e in rows]
         batch = pad_rows([e.ids for e in examples], [e.keep for e in examples], self.pad)
-        rows, cols, targets = [], [], []
-        for b, e in enumerate(examples):
-            rows += [b] * len(e.target)
-            cols += range(e.start, e.start + len(e.target))
-            targets += e.target
+        rows, cols, targets, pair_a, pair_b = [], [], [], [], []
+        first = 0
+        for group in groups:
+            starts = []  # index of each row's first mask in the mask list
+            for e in group:
+                starts.append(len(rows))
+                rows += [first + len(starts) - 1] * len(e.target)
+                cols += range(e.start, e.start + len(e.target))
+                targets += e.target
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    if group[a].target == group[b].target:
+                        pair_a += range(starts[a], starts[a] + len(group[a].target))
+                        pair_b += range(starts[b], starts[b] + len(group[b].target))
+            first += len(group)
         batch["relations"] = torch.tensor([e.relation for e in examples], dtype=torch.long)
         batch["mask_row"] = torch.tensor(rows, dtype=torch.long)
         batch["mask_col"] = torch.tensor(cols, dtype=torch.long)
         batch["mask_target"] = torch.tensor(targets, dtype=torch.long)
+        batch["pair_a"] = torch.tensor(pair_a, dtype=torch.long)
+        batch["pair_b"] = torch.tensor(pair_b, dtype=torch.long)
         return batch
 
 
 class PromptLoss:
-    """Mean over examples of the mean token NLL under each relation's candidate-vocabulary softmax (+ router CE)."""
+    """Mean over examples of the mean token NLL under each relation's candidate-vocabulary softmax.
 
-    def __init__(self, vocabs: dict[int, torch.Tensor], *, router_weight: float = 0.0) -> None:
+    Plus, with ``router_weight``, the router's cross-entropy, and with ``consistency_weight``, the
+    mean over paired masks (the batch's ``pair_a``/``pair_b``) of the symmetric KL divergence
+    ``(KL(p || q) + KL(q || p)) / 2`` between two paraphrases' candidate-vocabulary distributions.
+    """
+
+    def __init__(
+        self, vocabs: dict[int, torch.Tensor], *, router_weight: float = 0.0, consistency_weight: float = 0.0
+    ) -> None:
         self.vocabs = vocabs
         self.router_weight = router_weight
+        self.consistency_weight = consistency_weight
 
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The loss of one batch (see the class)."""
@@ -231,15 +283,27 @@ class PromptLoss:
         at_masks = hidden[batch["mask_row"], batch["mask_col"]]  # (M, H)
         relation_of = batch["relations"][batch["mask_row"]]  # (M,)
         nll = torch.zeros(at_masks.shape[0], device=hidden.device)
+        divergence = torch.zeros(batch["pair_a"].shape[0], device=hidden.device)
+        pair_relation = relation_of[batch["pair_a"]]  # (P,): both masks of a pair share the fact's relation
+        local = torch.empty_like(relation_of)  # mask index -> row in its relation's log-probabilities
         host = head_host(model)
         for r in relation_of.unique().tolist():
             sel = relation_of == r
+            local[sel] = torch.arange(int(sel.sum()), device=hidden.device)
             logits = decode_tokens(host, at_masks[sel], self.vocabs[r].to(hidden.device)).float()  # (m, K)
-            nll[sel] = -logits.log_softmax(-1).gather(1, batch["mask_target"][sel, None])[:, 0]
+            log_probs = logits.log_softmax(-1)
+            nll[sel] = -log_probs.gather(1, batch["mask_target"][sel, None])[:, 0]
+            pairs = pair_relation == r
+            if self.consistency_weight and bool(pairs.any()):
+                p = log_probs[local[batch["pair_a"][pairs]]]  # (p, K)
+                q = log_probs[local[batch["pair_b"][pairs]]]  # (p, K)
+                divergence[pairs] = 0.5 * ((p.exp() - q.exp()) * (p - q)).sum(-1)  # (KL(p||q) + KL(q||p)) / 2
         rows = batch["input_ids"].shape[0]
         per_row = torch.zeros(rows, device=hidden.device).index_add(0, batch["mask_row"], nll)
         counts = torch.zeros(rows, device=hidden.device).index_add(0, batch["mask_row"], torch.ones_like(nll))
         loss = (per_row / counts).mean()
+        if self.consistency_weight and divergence.numel():
+            loss = loss + self.consistency_weight * divergence.mean()
         if self.router_weight:
             loss = loss + self.router_weight * router_loss(model, batch["relations"])
         return loss
@@ -300,9 +364,13 @@ def train_p_adapter(
     started = time.perf_counter()
     result = train(
         model,
-        examples,
+        fact_groups(examples) if settings.consistency_weight else [(e,) for e in examples],
         PromptCollate(probe_frame(tokenizer)[2]),
-        PromptLoss(vocabs, router_weight=settings.router_weight if settings.variant == "moe" else 0.0),
+        PromptLoss(
+            vocabs,
+            router_weight=settings.router_weight if settings.variant == "moe" else 0.0,
+            consistency_weight=settings.consistency_weight,
+        ),
         TrainConfig(
             steps=settings.steps,
             lr=settings.lr,
