@@ -242,9 +242,9 @@ class PromptCollate:
         first = 0
         for group in groups:
             starts = []  # index of each row's first mask in the mask list
-            for e in group:
+            for i, e in enumerate(group):
                 starts.append(len(rows))
-                rows += [first + len(starts) - 1] * len(e.target)
+                rows += [first + i] * len(e.target)
                 cols += range(e.start, e.start + len(e.target))
                 targets += e.target
             for a in range(len(group)):
