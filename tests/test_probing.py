@@ -377,9 +377,8 @@ def test_prompt_batches_hold_whole_facts_and_pair_their_paraphrases(
     assert torch.equal(rows[a] // 2, rows[b] // 2) and bool((rows[a] < rows[b]).all())  # the same fact, two rows
     assert torch.equal(batch["mask_target"][a], batch["mask_target"][b])
     # The j-th mask of one paraphrase pairs with the j-th mask of the other.
-    first = {int(r): int(cols[rows == r].min()) for r in rows.unique()}
-    offset = lambda m: cols[m] - torch.tensor([first[int(r)] for r in rows[m]])  # noqa: E731
-    assert torch.equal(offset(a), offset(b))
+    first = torch.stack([cols[rows == r].min() for r in range(10)])  # each row's first mask column
+    assert torch.equal(cols[a] - first[rows[a]], cols[b] - first[rows[b]])
     # Rows as items (no consistency term): the same rows, no pairs.
     rows_only = PromptCollate(tokenizer.pad_token_id)([(e,) for g in groups[:5] for e in g], list(range(10)))
     assert torch.equal(rows_only["input_ids"], batch["input_ids"]) and rows_only["pair_a"].numel() == 0
