@@ -61,6 +61,9 @@ def tune(model_dir: Path, data: SpeechData, language: str, args: argparse.Namesp
     total = sum(p.numel() for p in model.parameters())
     am = AdaptedModel(model)
     parts = [p for p in args.train.split(",") if p]
+    unknown = set(parts) - {name for name, _ in model.named_children()}
+    if unknown:
+        raise SystemExit(f"error: --train names no part of the model: {sorted(unknown)}")
     for name, parameter in model.named_parameters():
         if name.split(".")[0] in parts:
             parameter.requires_grad_(True)
@@ -71,9 +74,8 @@ def tune(model_dir: Path, data: SpeechData, language: str, args: argparse.Namesp
         am.train_adapters(language)
     if "predictor" in adapters:
         dim = model.predictor.output.out_features
+        # New layers train; the wrapped projection stays frozen.
         model.predictor.output = ResidualBottleneck(model.predictor.output, dim, 8).to(args.device)
-        model.predictor.output.down.requires_grad_(True)
-        model.predictor.output.up.requires_grad_(True)
         model.joiner.output.bias.requires_grad_(True)
     trainable = sum(p.numel() for p in am.parameters() if p.requires_grad)
     config = recipe_config(
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.train) == bool(args.adapters):
         parser.error("give --train or --adapters (one of them)")
+    if not {a for a in args.adapters.split(",") if a} <= {"encoder", "predictor"}:
+        parser.error(f"--adapters takes encoder and/or predictor, got {args.adapters!r}")
     data = SpeechData.load(args.data)
     results = {}
     for language in [c for c in args.lang.split(",") if c]:

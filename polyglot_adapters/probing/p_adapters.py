@@ -289,12 +289,12 @@ class PromptLoss:
         host = head_host(model)
         for r in relation_of.unique().tolist():
             sel = relation_of == r
-            local[sel] = torch.arange(int(sel.sum()), device=hidden.device)
             logits = decode_tokens(host, at_masks[sel], self.vocabs[r].to(hidden.device)).float()  # (m, K)
             log_probs = logits.log_softmax(-1)
             nll[sel] = -log_probs.gather(1, batch["mask_target"][sel, None])[:, 0]
             pairs = pair_relation == r
             if self.consistency_weight and bool(pairs.any()):
+                local[sel] = torch.arange(int(sel.sum()), device=hidden.device)
                 p = log_probs[local[batch["pair_a"][pairs]]]  # (p, K)
                 q = log_probs[local[batch["pair_b"][pairs]]]  # (p, K)
                 divergence[pairs] = 0.5 * ((p.exp() - q.exp()) * (p - q)).sum(-1)  # (KL(p||q) + KL(q||p)) / 2
