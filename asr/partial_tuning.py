@@ -14,8 +14,10 @@ labelled audio with the single-language settings of full fine-tuning (``--train`
 checkpoint best on that language's valid loss kept; then its test set is decoded (greedy, whole
 utterance). ``--adapters predictor`` puts a residual bottleneck (8 units) on the prediction
 network's output projection and trains the joiner's output bias: the language's token sequence
-statistics, the part of the transducer that the encoder adapters cannot reach. It is a probe for
-an adapter site the library does not have yet (adapters live in encoder blocks). Writes
+statistics, the part of the transducer that the encoder adapters cannot reach. This probe led to
+the library's prediction-network site (``BottleneckConfig(outputs=("predictor",))``, ``asr train-lda
+--predictor-adapter``); the script keeps its own 8-unit bottleneck and the joiner bias, so the table
+in ``RESULTS.md`` reproduces. Writes
 ``OUT/results.json`` and prints the mean test WER.
 """
 

@@ -11,12 +11,13 @@
 #      labelled tail phrase, plus unlabelled tail audio) -> OUT/corpus, feature packs in OUT/corpus/features;
 #   2. `asr train-base`: the multilingual base on every language's labelled audio (RNN-T + 0.3 CTC) -> OUT/base;
 #   3. `asr train-lda --lang sw,om,tn,af`: the tail languages' adapters in one routed run, base frozen (NOISY=1
-#      adds a noisy-student round); each language keeps its best checkpoint -> OUT/lda/bundle;
+#      adds a noisy-student round, PREDICTOR=1 a bottleneck on the prediction network's output too); each
+#      language keeps its best checkpoint -> OUT/lda/bundle;
 #   4. `asr train-lda --full --lang L` for each tail language: full fine-tuning, the adapters' baseline -> OUT/full/L;
 #   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json.
 # Every training step batches utterances of similar duration and runs under bf16 autocast (PRECISION=fp32 to turn that off).
 # Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS, NOISY,
-# PRECISION.
+# PREDICTOR, PRECISION.
 set -euo pipefail
 OUT=${1:?output directory}
 DEVICE=${2:-cpu}
@@ -47,6 +48,7 @@ if [ ! -f "$OUT/lda/report.json" ]; then
     step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16${NOISY:+, then a noisy-student round})"
     $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "${TAIL// /,}" --out "$OUT/lda" \
         --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} \
+        ${PREDICTOR:+--predictor-adapter} \
         --precision "$PRECISION" --device "$DEVICE" > "$OUT/logs/lda.log" 2>&1
 fi
 for lang in $TAIL; do

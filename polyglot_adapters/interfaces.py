@@ -51,6 +51,9 @@ class HostInterface:
         decoder_input: Path of the head module whose output is the output embedding's input
             (``cls.predictions.transform``), where the MAD-X paper and AdapterHub put the inverse
             embedding adapter instead (``BottleneckConfig(inverse_at="decoder")``), if any.
+        outputs: Name to the path, from the model root, of a linear layer outside the blocks
+            whose output a series bottleneck can adapt (``BottleneckConfig(outputs=...)``): the
+            transducer's prediction network, ``predictor``.
         batch_dim: Batch dimension of the activations seen inside blocks.
     """
 
@@ -62,6 +65,7 @@ class HostInterface:
     embeddings: str | None = None
     head: str | None = None
     decoder_input: str | None = None
+    outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     batch_dim: int = 0
 
     def find_blocks(self, host: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
@@ -131,6 +135,8 @@ PRESETS: dict[str, HostInterface] = {
     # polyglot_adapters.asr's streaming Conformer transducer: torchaudio Conformer layers, run batch first.
     # "ffn" is the block's last feed-forward module (ffn2), so the BERT-style presets (positions=("ffn",)) fit;
     # "ffn1" is the first (macaron) one. Attention projections are not called as modules and cannot be wrapped.
+    # "predictor" is the prediction network's output projection (before its LayerNorm): the language's
+    # token-sequence statistics, which adapters in the encoder blocks cannot reach.
     "conformer-transducer": HostInterface(
         name="conformer-transducer",
         model_types=("conformer_transducer",),
@@ -145,6 +151,7 @@ PRESETS: dict[str, HostInterface] = {
             "ffn1": Sublayer(input="ffn1.sequential.1", output="ffn1.sequential.4"),
             "ffn": Sublayer(input="ffn2.sequential.1", output="ffn2.sequential.4"),
         },
+        outputs={"predictor": "predictor.output"},
         batch_dim=0,
     ),
 }

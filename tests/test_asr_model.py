@@ -26,6 +26,7 @@ from polyglot_adapters.asr import (
     unstack_states,
 )
 from polyglot_adapters.errors import ConfigError, CorruptArtifactError
+from polyglot_adapters.sites import AdaptedLinear
 from polyglot_adapters.training import TrainConfig, train
 
 V = 33  # symbols including the blank
@@ -253,6 +254,57 @@ def test_language_adapters_attach_route_per_stream_and_switch_off() -> None:
     am.set_active(None)
     with torch.no_grad():
         assert torch.equal(model.transcriber(x, lengths)[0], pristine)  # switched off: bit-identical
+
+
+def test_predictor_adapters_route_per_stream_and_round_trip(tmp_path) -> None:
+    model = tiny().requires_grad_(False)
+    x, lengths = features(9, [40, 33, 40])
+    symbols = torch.randint(0, V - 1, (3, 5), generator=torch.Generator().manual_seed(1))
+    one = torch.full((3,), 5)
+    with torch.no_grad():
+        pristine = model.predictor(symbols, one)[0]
+        _, pristine_tokens = stream(model, x, lengths)
+    am = AdaptedModel(model)
+    lda = BottleneckConfig(placement="series", positions=("ffn",), reduction_factor=8, outputs=("predictor",))
+    for language in ("sw", "om"):
+        am.add_adapter(language, lda)
+    assert {"predictor.output.bn_down", "predictor.output.bn_up"} <= set(am.adapter_state_dict("sw"))
+    am.set_active("sw")
+    with torch.no_grad():
+        assert torch.equal(model.predictor(symbols, one)[0], pristine)  # zero up-projection: the identity
+    assert stream(model, x, lengths)[1] == pristine_tokens
+    am.train_adapters("sw", "om")
+    randomize(am)
+    am.set_active(Route(torch.tensor([1, 0, 1]), {0: "sw", 1: "om"}))
+    with torch.no_grad():
+        routed = model.predictor(symbols, one)[0]
+    _, routed_tokens = stream(model, x, lengths)
+    for language, rows in (("sw", [1]), ("om", [0, 2])):
+        am.set_active(language)
+        with torch.no_grad():
+            alone = model.predictor(symbols[rows], one[rows])[0]
+        torch.testing.assert_close(routed[rows], alone, rtol=1e-5, atol=1e-5)
+        assert [routed_tokens[r] for r in rows] == stream(model, x[rows], lengths[rows])[1]
+    assert not torch.allclose(routed, pristine)
+    am.save_adapter("sw", tmp_path / "sw")
+    fresh = AdaptedModel(tiny().requires_grad_(False))
+    fresh.load_adapter(tmp_path / "sw")
+    fresh.set_active("sw")
+    am.set_active("sw")
+    with torch.no_grad():
+        assert torch.equal(fresh.model.predictor(symbols, one)[0], model.predictor(symbols, one)[0])
+
+
+def test_predictor_outputs_are_validated() -> None:
+    with pytest.raises(ConfigError, match="series bottleneck"):
+        BottleneckConfig(placement="parallel", outputs=("predictor",))
+    with pytest.raises(ConfigError, match="distinct names"):
+        BottleneckConfig(outputs=("predictor", "predictor"))
+    am = AdaptedModel(tiny())
+    with pytest.raises(ConfigError, match="'joiner' is not an adaptable output"):
+        am.add_adapter("sw", BottleneckConfig(outputs=("joiner",)))
+    assert "sw" not in am.adapters
+    assert not any(isinstance(m, AdaptedLinear) for m in am.model.modules())  # nothing was wrapped
 
 
 def test_language_adapter_size_on_the_small_preset() -> None:

@@ -123,7 +123,7 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
     base = tmp_path / "base" / "model"
     config = TrainConfig(steps=4, lr=5e-2, batch_size=4, eval_every=2, save_every=2, best_metric="valid_wer")
     report = train_language_adapters(
-        base, data, ["sw", "de"], tmp_path / "joint", config=config, noisy_student=True, progress=False
+        base, data, ["sw", "de"], tmp_path / "joint", predictor=True, config=config, noisy_student=True, progress=False
     )
     lines = [json.loads(line) for line in (tmp_path / "joint" / "run" / "selection.jsonl").read_text().splitlines()]
     assert report["evaluations"] == 4 and len(lines) == 8  # two evaluations per round, two rounds
@@ -143,7 +143,9 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
     assert set(report["test"]["sw"]) == {"base", "bundle", "best_mean_checkpoint", "last_checkpoint"}
     first = AdaptedModel(load_transducer(base)[0])
     first.load_adapter(tmp_path / "joint" / "run" / "evals" / "eval-000" / "sw", name="sw")
-    assert any(t.abs().sum() > 0 for k, t in first.adapter_state_dict("sw").items() if "up" in k)  # it trained
+    trained = first.adapter_state_dict("sw")
+    assert any(t.abs().sum() > 0 for k, t in trained.items() if "up" in k)  # it trained
+    assert trained["predictor.output.bn_up"].abs().sum() > 0  # the prediction network's bottleneck too
 
     with pytest.raises(ConfigError, match="give each language once"):
         train_language_adapters(base, data, ["sw", "sw"], tmp_path / "x", config=config, progress=False)

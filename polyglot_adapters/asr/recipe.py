@@ -101,9 +101,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
-def language_adapter_config(reduction_factor: float = 20.0) -> BottleneckConfig:
-    """A language-dependent adapter: a series bottleneck after every encoder layer's last feed-forward module."""
-    return BottleneckConfig(placement="series", positions=("ffn",), reduction_factor=reduction_factor)
+def language_adapter_config(reduction_factor: float = 20.0, *, predictor: bool = False) -> BottleneckConfig:
+    """A language-dependent adapter: a series bottleneck after every encoder layer's last feed-forward module.
+
+    Args:
+        reduction_factor: Hidden size divided by the bottleneck size.
+        predictor: Also adapt the prediction network's output (a bottleneck of the same reduction).
+    """
+    return BottleneckConfig(
+        placement="series",
+        positions=("ffn",),
+        reduction_factor=reduction_factor,
+        outputs=("predictor",) if predictor else (),
+    )
 
 
 def make_corpus(
@@ -299,6 +309,7 @@ def train_language_adapter(
     out_dir: str | os.PathLike[str],
     *,
     reduction_factor: float = 20.0,
+    predictor: bool = False,
     config: TrainConfig | None = None,
     noisy_student: bool = False,
     device: str = "cpu",
@@ -306,9 +317,11 @@ def train_language_adapter(
 ) -> dict[str, Any]:
     """Trains one tail language's adapter on its labelled audio, everything else frozen.
 
-    With ``noisy_student``, a second round follows: the base with the first round's adapter
-    labels the language's ``unlabelled`` audio (:func:`pseudo_label`), and the adapter trains on
-    and from there on labelled plus pseudo-labelled audio with SpecAugment (``out_dir/student``).
+    With ``predictor``, the adapter also has a bottleneck on the prediction network's output
+    (:func:`language_adapter_config`). With ``noisy_student``, a second round follows: the base
+    with the first round's adapter labels the language's ``unlabelled`` audio (:func:`pseudo_label`),
+    and the adapter trains on and from there on labelled plus pseudo-labelled audio with
+    SpecAugment (``out_dir/student``).
 
     Writes ``out_dir/adapter`` (the best on that language's valid set by ``valid_loss``) and
     ``out_dir/report.json`` (test WER/CER without and with the adapter, adapter size).
@@ -319,7 +332,7 @@ def train_language_adapter(
     test = data.select("test", language)
     am = AdaptedModel(model)
     before = evaluate(am, test, tokenizer)
-    am.add_adapter(language, language_adapter_config(reduction_factor))
+    am.add_adapter(language, language_adapter_config(reduction_factor, predictor=predictor))
     am.set_active(language)
     am.train_adapters(language)
     config = config or recipe_config(lr=2e-3, batch_size=8, best_metric="valid_loss")
@@ -382,6 +395,7 @@ def train_language_adapters(
     out_dir: str | os.PathLike[str],
     *,
     reduction_factor: float = 20.0,
+    predictor: bool = False,
     config: TrainConfig | None = None,
     noisy_student: bool = False,
     device: str = "cpu",
@@ -395,7 +409,8 @@ def train_language_adapters(
     and loss (``out_dir/run/selection.jsonl``). Languages peak at different points, so the
     final bundle (``out_dir/bundle``) takes each language's adapter from the evaluation where
     that language's valid WER was lowest (its valid loss breaks ties): the paper's per-language
-    best-checkpoint merge. With ``noisy_student``, a second round trains on labelled plus
+    best-checkpoint merge. With ``predictor``, each adapter also adapts the prediction network's
+    output (rows route there too). With ``noisy_student``, a second round trains on labelled plus
     pseudo-labelled ``unlabelled`` audio (teacher: the base with the first round's bundle) and its
     evaluations join the selection.
 
@@ -415,7 +430,7 @@ def train_language_adapters(
     model.requires_grad_(False).to(device)
     am = AdaptedModel(model)
     for language in languages:
-        am.add_adapter(language, language_adapter_config(reduction_factor))
+        am.add_adapter(language, language_adapter_config(reduction_factor, predictor=predictor))
     routes = {data.languages.index(language): language for language in languages}
     valid = {language: data.select("valid", language) for language in languages}
     labelled = [e for language in languages for e in data.select("train_tail", language)]

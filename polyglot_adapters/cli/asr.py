@@ -170,6 +170,11 @@ def train_base_command(
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--reduction-factor", type=float, default=20.0, show_default=True)
+@click.option(
+    "--predictor-adapter",
+    is_flag=True,
+    help="Also put a bottleneck on the prediction network's output (the language's token statistics).",
+)
 @click.option("--full", is_flag=True, help="Fine-tune the whole model instead (the baseline for the adapter).")
 @click.option("--noisy-student", is_flag=True, help="Then retrain on pseudo-labelled `unlabelled` audio too.")
 @click.option("--steps", type=click.IntRange(1, 1_000_000), default=300, show_default=True)
@@ -185,6 +190,7 @@ def train_lda_command(
     language: str,
     out: Path,
     reduction_factor: float,
+    predictor_adapter: bool,
     full: bool,
     noisy_student: bool,
     steps: int,
@@ -234,6 +240,7 @@ def train_lda_command(
             languages,
             out,
             reduction_factor=reduction_factor,
+            predictor=predictor_adapter,
             config=config,
             noisy_student=noisy_student,
             device=device,
@@ -247,6 +254,7 @@ def train_lda_command(
             languages[0],
             out,
             reduction_factor=reduction_factor,
+            predictor=predictor_adapter,
             config=config,
             noisy_student=noisy_student,
             device=device,

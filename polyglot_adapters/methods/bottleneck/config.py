@@ -37,6 +37,9 @@ class BottleneckConfig(AdapterConfig):
             whole output head; or ``decoder``, on the output embedding's input, after the head's
             transform (the MAD-X paper and AdapterHub; what their converted adapters use).
         layers: Block indices to adapt, or ``None`` for all.
+        outputs: Linear layers outside the blocks that also get a series bottleneck on their
+            output, by their name in the host interface's ``outputs`` (the transducer's
+            prediction network: ``("predictor",)``); series placement only.
     """
 
     method: ClassVar[str] = "bottleneck"
@@ -50,6 +53,7 @@ class BottleneckConfig(AdapterConfig):
     invertible_reduction: float = 2.0
     inverse_at: str = "head"
     layers: tuple[int, ...] | None = None
+    outputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(
@@ -86,6 +90,16 @@ class BottleneckConfig(AdapterConfig):
                 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)
             ),
             f"layers must be None or a tuple of block indices, got {self.layers!r}",
+        )
+        check(
+            isinstance(self.outputs, tuple)
+            and all(isinstance(o, str) for o in self.outputs)
+            and len(set(self.outputs)) == len(self.outputs),
+            f"outputs must be a tuple of distinct names, got {self.outputs!r}",
+        )
+        check(
+            not self.outputs or self.placement == "series",
+            f"outputs {self.outputs!r} take a series bottleneck, not placement {self.placement!r}",
         )
 
     @classmethod

@@ -157,7 +157,7 @@ class InverseCoupling(AdapterLayer):
 
 
 def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterface) -> list[Site]:
-    """Sub-layer sites in each selected block, plus embedding and head sites if ``invertible``."""
+    """Sub-layer sites in each selected block, embedding and head sites if ``invertible``, then ``outputs``."""
     root, blocks = selected_blocks(host, interface, config.layers)
     linears = base_linears(host)
     sites = []
@@ -204,6 +204,17 @@ def find_sites(config: BottleneckConfig, host: nn.Module, interface: HostInterfa
         inverse = _inverse_site(config, host, interface, hidden, emb_path)
         if inverse is not None:
             sites.append(inverse)
+    for name in config.outputs:
+        check(
+            name in interface.outputs,
+            f"output {name!r} is not an adaptable output of {interface.name!r}: {sorted(interface.outputs)}",
+        )
+        path = interface.outputs[name]
+        check(path in linears, f"output {name!r} -> {path} is not a linear layer of the host")
+        features = linears[path].out_features
+        sites.append(
+            Site(path=path, key=path, role="linear", in_features=linears[path].in_features, out_features=features)
+        )
     return sites
 
 
