@@ -163,6 +163,7 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
         str(tmp_path / "y"),
     ]
     assert main([*command, "--lang", "sw,de", "--full"]) != 0  # full fine-tuning is one language per run
+    assert main([*command, "--lang", "sw", "--full", "--predictor-adapter"]) != 0
     assert main([*command, "--lang", "sw,xx"]) != 0
     assert not (tmp_path / "y").exists()
 

@@ -81,8 +81,12 @@ def recipe_config(
     every: int = 50,
     precision: str = "fp32",
     group_by_length: bool = True,
+    seed: int = 0,
 ) -> TrainConfig:
-    """The recipe's training loop: 10% warm-up, grouped batches, evaluation and checkpoint every ``every`` steps."""
+    """The recipe's training loop: 10% warm-up, grouped batches, evaluation and checkpoint every ``every`` steps.
+
+    ``seed`` sets the data order, SpecAugment and dropout (not the initial weights).
+    """
     return TrainConfig(
         steps=steps,
         lr=lr,
@@ -93,6 +97,7 @@ def recipe_config(
         eval_every=every,
         save_every=every,
         best_metric=best_metric,
+        seed=seed,
     )
 
 

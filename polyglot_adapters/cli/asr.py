@@ -181,6 +181,9 @@ def train_base_command(
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--eval-every", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(0), default=0, show_default=True, help="Data order, SpecAugment and dropout."
+)
 @_PRECISION_OPTION
 @_GROUP_OPTION
 @_DEVICE_OPTION
@@ -197,6 +200,7 @@ def train_lda_command(
     batch_size: int,
     lr: float,
     eval_every: int,
+    seed: int,
     precision: str,
     group_by_length: bool,
     device: str,
@@ -224,6 +228,8 @@ def train_lda_command(
             raise click.BadParameter(f"{code!r} is not in the data's languages {data.languages}", param_hint="--lang")
     if full and len(languages) > 1:
         raise click.BadParameter("--full fine-tunes one language per run; give one language", param_hint="--lang")
+    if full and predictor_adapter:
+        raise click.BadParameter("--full trains the whole model, no adapter", param_hint="--predictor-adapter")
     config = recipe_config(
         lr=lr,
         batch_size=batch_size,
@@ -232,6 +238,7 @@ def train_lda_command(
         every=eval_every,
         precision=precision,
         group_by_length=group_by_length,
+        seed=seed,
     )
     if len(languages) > 1:
         report = train_language_adapters(
