@@ -7,8 +7,9 @@ a new output; an adapter absent from the site is the identity there.
 - ``Parallel(a, b)``: the batch is replicated once per branch; rows of copy ``i`` go through
   branch ``i`` only; the model returns ``k * B`` rows (branch-major).
 - ``Average(a, b, weights=...)``: weighted mean of the branches' outputs.
-- ``Gate(a, b, name=...)``: a learned per-token softmax mixture of the branches (MixDA-style);
-  the gate's parameters are created at each site when the composition is activated.
+- ``Gate(a, b, name=..., prior=...)``: a learned per-token softmax mixture of the branches
+  (MixDA-style); the gate's parameters are created at each site when the composition is
+  activated, starting from uniform weights or from ``prior``.
 - ``Route(ids, {0: a, 1: b})``: row ``r`` of the batch uses ``mapping[ids[r]]``.
 """
 
@@ -77,14 +78,28 @@ class Gate:
     Attributes:
         children: The branches.
         name: Name of the gate's parameters (train them with ``train_adapters(name)``).
+        prior: The mixture weights the gate starts from, one per child, normalised to sum to 1
+            (its bias starts at their logarithms); ``None`` for uniform. It sets the weights only
+            where the gate's parameters are created, i.e. the first time this gate is activated.
+            A small prior on a new branch starts training from (nearly) the other branches alone.
     """
 
     children: tuple[Composition, ...]
     name: str
+    prior: tuple[float, ...] | None
 
-    def __init__(self, *children: Composition, name: str = "gate") -> None:
+    def __init__(self, *children: Composition, name: str = "gate", prior: Sequence[float] | None = None) -> None:
+        if prior is not None:
+            prior = tuple(float(p) for p in prior)
+            if len(prior) != len(children):
+                raise CompositionError(f"Gate has {len(children)} children but {len(prior)} prior weights")
+            if not all(0 < p < float("inf") for p in prior):
+                raise CompositionError(f"Gate prior weights must be positive and finite, got {list(prior)}")
+            total = sum(prior)
+            prior = tuple(p / total for p in prior)
         object.__setattr__(self, "children", tuple(children))
         object.__setattr__(self, "name", name)
+        object.__setattr__(self, "prior", prior)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, init=False)

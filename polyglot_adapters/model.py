@@ -189,7 +189,7 @@ class AdaptedModel(nn.Module):
             raise CompositionError(f"gate {gate.name!r} already mixes {self._gates[gate.name]} branches, not {k}")
         for wrapper in self._sites.values():
             if gate.name not in wrapper.gates and wrapper.has_any(gate):
-                layer = GateLayer(wrapper.site.out_features, k)
+                layer = GateLayer(wrapper.site.out_features, k, gate.prior)
                 _follow(layer, unwrap(wrapper))
                 wrapper.gates[gate.name] = layer
         self._gates[gate.name] = k

@@ -125,12 +125,19 @@ class AdapterLayer(nn.Module):
 
 
 class GateLayer(nn.Module):
-    """Per-token softmax gate over ``k`` branches, zero-initialised (uniform mixture)."""
+    """Per-token softmax gate over ``k`` branches; zero weight, so it starts at the mixture ``softmax(bias)``.
 
-    def __init__(self, features: int, k: int) -> None:
+    Args:
+        features: Width of the site output the gate reads.
+        k: Number of branches.
+        prior: Starting mixture weights (positive, summing to 1); ``None`` for uniform.
+    """
+
+    def __init__(self, features: int, k: int, prior: Sequence[float] | None = None) -> None:
         super().__init__()
         self.gate_weight = nn.Parameter(torch.zeros(k, features))
-        self.gate_bias = nn.Parameter(torch.zeros(k))
+        bias = torch.zeros(k) if prior is None else torch.tensor(prior, dtype=torch.float32).log()
+        self.gate_bias = nn.Parameter(bias)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Maps ``(..., features)`` to mixture weights ``(..., k)`` that sum to 1."""

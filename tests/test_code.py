@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load as st_load
 
 from polyglot_adapters import AdaptedModel, Stack
 from polyglot_adapters.cli.main import main
@@ -321,6 +322,30 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
     assert code_side_only["trainable_parameters"] == searched["ner+task"]["trainable_parameters"] + sum(
         t.numel() for t in tuned.values()
     )
+
+    gated = train_code_search(
+        load_code_base(tmp_path / "base" / "model")[0],
+        tokenizer,
+        corpus,
+        setup="gate",
+        out_dir=tmp_path / "search" / "gate",
+        ner_adapter=tmp_path / "ner" / "adapter",
+        ner_prior=0.2,
+        train_config=quick,
+        code_length=32,
+        query_length=16,
+    )
+    assert gated["ner_prior"] == 0.2 and code_side_only["ner_prior"] is None
+    best = st_load((tmp_path / "search" / "gate" / "best" / "trainable.safetensors").read_bytes())
+    biases = [value for key, value in best.items() if key.endswith("gates.mix.gate_bias")]
+    assert biases  # two small Adam steps from log(0.2, 0.8): the gate starts from the prior
+    for bias in biases:
+        torch.testing.assert_close(bias.softmax(-1), torch.tensor([0.2, 0.8]), rtol=0, atol=0.01)
+    for setup, prior in (("gate", 1.0), ("gate", 0.0), ("ner+task", 0.5)):
+        with pytest.raises(ConfigError, match="ner_prior"):
+            train_code_search(
+                host, tokenizer, corpus, setup=setup, out_dir=tmp_path / "x", ner_adapter=tmp_path, ner_prior=prior
+            )
 
     # with ner_sides="code", queries are encoded by the task adapter alone and code by the stack
     am = AdaptedModel(load_code_base(tmp_path / "base" / "model")[0])

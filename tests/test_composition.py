@@ -76,6 +76,20 @@ def test_gate_weights_sum_to_one_and_start_uniform(am: AdaptedModel, ids: torch.
     assert not torch.allclose(run(am, Gate("a", "b", name="g"), ids), gated)
 
 
+def test_gate_prior_sets_the_starting_mixture(am: AdaptedModel, ids: torch.Tensor) -> None:
+    gated = run(am, Gate("a", "b", name="g", prior=(1, 3)), ids)
+    torch.testing.assert_close(gated, run(am, Average("a", "b", weights=[0.25, 0.75]), ids), rtol=1e-5, atol=1e-6)
+    weights = am.model.get_submodule(FFN_OUT).gates["g"](torch.randn(4, 16))
+    torch.testing.assert_close(weights, torch.tensor([[0.25, 0.75]]).expand(4, 2))
+    # the prior applies where the gate is created; an existing gate keeps its trained weights
+    torch.testing.assert_close(run(am, Gate("a", "b", name="g", prior=(9, 1)), ids), gated)
+    with pytest.raises(CompositionError, match="2 children but 3 prior"):
+        Gate("a", "b", prior=(1, 1, 1))
+    for bad in ((0, 1), (-1, 2), (float("nan"), 1), (float("inf"), 1)):
+        with pytest.raises(CompositionError, match="positive and finite"):
+            Gate("a", "b", prior=bad)
+
+
 def test_gate_trains_through_train_adapters(am: AdaptedModel, ids: torch.Tensor) -> None:
     am.set_active(Gate("a", "b", name="g"))
     names = am.train_adapters("g")

@@ -285,6 +285,12 @@ def ner_adapter_command(
     show_default=True,
     help="Train the NER adapter too (from its token-type weights) in ner+task and gate.",
 )
+@click.option(
+    "--ner-prior",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="gate: the gate's starting weight on the NER branch (the task branch gets the rest) [default: 0.5].",
+)
 @click.option("--reduction-factor", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--code-length", type=click.IntRange(3), default=256, show_default=True)
 @click.option("--query-length", type=click.IntRange(3), default=64, show_default=True)
@@ -298,6 +304,7 @@ def search_command(
     ner_sides: str,
     ner_layers: str | None,
     tune_ner: bool,
+    ner_prior: float | None,
     reduction_factor: float,
     code_length: int,
     query_length: int,
@@ -331,6 +338,7 @@ def search_command(
         ner_sides=ner_sides,
         ner_layers=layers,
         tune_ner=tune_ner,
+        ner_prior=ner_prior,
         config=task_adapter_config(reduction_factor=reduction_factor),
         train_config=_train_config(steps, batch_size, lr, precision, seed, eval_every),
         query_length=query_length,

@@ -8,7 +8,8 @@ function for every query (mean reciprocal rank over all test functions).
 Setups compared by :func:`train_code_search` (``setup``): ``zero-shot`` (the encoder as is),
 ``full`` (every encoder parameter trained), ``task`` (a task adapter alone), ``ner+task`` (the
 frozen NER adapter with a task adapter stacked on top, :class:`~polyglot_adapters.Stack`) and
-``gate`` (NER and task adapters mixed by a learned per-token gate, :class:`~polyglot_adapters.Gate`).
+``gate`` (NER and task adapters mixed by a learned per-token gate, :class:`~polyglot_adapters.Gate`;
+``ner_prior`` sets the NER branch's starting weight, uniform by default).
 With ``ner_sides="code"`` the NER adapter sees only the code; queries (natural language, which has
 no code token types) go through the task adapter alone. With ``tune_ner`` the NER adapter is
 trained too, starting from its token-type weights.
@@ -218,6 +219,7 @@ def train_code_search(
     ner_sides: str = "both",
     ner_layers: Sequence[int] | None = None,
     tune_ner: bool = False,
+    ner_prior: float | None = None,
     config: BottleneckConfig | None = None,
     train_config: TrainConfig | None = None,
     query_length: int = 64,
@@ -245,6 +247,9 @@ def train_code_search(
         ner_layers: Blocks of the NER adapter to use (e.g. the lower half: token types as
             features for the upper blocks, which keep their own representations); ``None`` for all.
         tune_ner: Train the NER adapter as well (from its token-type weights) instead of freezing it.
+        ner_prior: ``gate`` only: the gate's starting weight on the NER branch (the task branch gets
+            the rest); a small one starts training from (nearly) the task adapter alone. ``None``
+            for uniform (0.5).
         config: The task adapter; default :func:`task_adapter_config`.
         train_config: Loop settings; ``best_metric`` becomes ``valid_mrr``.
         query_length: Query tokens kept.
@@ -259,13 +264,16 @@ def train_code_search(
         fine-tuning's.
 
     Raises:
-        ConfigError: Unknown setup, a missing NER adapter, or a split without documented functions.
+        ConfigError: Unknown setup, a missing NER adapter, a bad ``ner_prior``, or a split without
+            documented functions.
     """
     if setup not in SETUPS:
         raise ConfigError(f"unknown code-search setup {setup!r}; setups: {', '.join(SETUPS)}")
     if ner_sides not in ("both", "code"):
         raise ConfigError(f"ner_sides must be 'both' or 'code', got {ner_sides!r}")
     uses_ner = setup in ("ner+task", "gate")
+    if ner_prior is not None and (setup != "gate" or not 0 < ner_prior < 1):
+        raise ConfigError(f"ner_prior must be in (0, 1) and needs setup 'gate', got {ner_prior!r} with {setup!r}")
     if uses_ner and ner_adapter is None:
         raise ConfigError(f"setup {setup!r} needs ner_adapter: the adapter directory that train_ner_adapter wrote")
     say = log or (lambda _: None)
@@ -294,7 +302,12 @@ def train_code_search(
             torch.manual_seed(train_config.seed)
             am.add_adapter("task", config)
         am.to(next(am.model.parameters()).device)
-    composition = {"task": "task", "ner+task": Stack("ner", "task"), "gate": Gate("ner", "task", name="mix")}
+    prior = (ner_prior, 1 - ner_prior) if ner_prior is not None else None
+    composition = {
+        "task": "task",
+        "ner+task": Stack("ner", "task"),
+        "gate": Gate("ner", "task", name="mix", prior=prior),
+    }
     am.set_active(composition.get(setup))
     if setup == "task" or setup == "ner+task":
         trained = ["task"]
@@ -375,6 +388,7 @@ def train_code_search(
         "ner_sides": ner_sides if uses_ner else None,
         "ner_layers": sorted(set(ner_layers)) if ner_layers is not None and uses_ner else None,
         "tune_ner": tune_ner and uses_ner,
+        "ner_prior": ner_prior,
         "seconds": seconds,
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
