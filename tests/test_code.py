@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load as st_load
+from safetensors.torch import save as save_file_bytes
 
 from polyglot_adapters import AdaptedModel, Stack
 from polyglot_adapters.cli.main import main
 from polyglot_adapters.code import NO_TYPE, TOKEN_TYPES, SourceError, label_source, typed_tokens
 from polyglot_adapters.code.corpus import CodeFile, extract_functions, load_code_corpus, split_of
 from polyglot_adapters.code.encoder import code_encoder, load_code_base, pretrain_code_base, train_code_tokenizer
+from polyglot_adapters.code.report import compare_runs, read_ranks
 from polyglot_adapters.code.search import SearchEncoder, search_metrics, train_code_search
 from polyglot_adapters.code.token_types import lex
 from polyglot_adapters.code.ttc import (
@@ -28,7 +30,7 @@ from polyglot_adapters.code.ttc import (
     token_type_metrics,
     train_ner_adapter,
 )
-from polyglot_adapters.errors import BaseModelMismatchError, ConfigError, CorruptArtifactError
+from polyglot_adapters.errors import BaseModelMismatchError, ConfigError, CorruptArtifactError, MissingArtifactError
 from polyglot_adapters.io import read_adapter
 from polyglot_adapters.training import TrainConfig
 
@@ -346,6 +348,29 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
             train_code_search(
                 host, tokenizer, corpus, setup=setup, out_dir=tmp_path / "x", ner_adapter=tmp_path, ner_prior=prior
             )
+
+    # per-query ranks: the report's MRR, and a paired bootstrap of two runs' difference
+    stack_dir, full_dir = tmp_path / "search" / "ner+task", tmp_path / "search" / "full"
+    ranks, digest = read_ranks(stack_dir)
+    assert digest == searched["ner+task"]["digests"]["test"] == searched["full"]["digests"]["test"]
+    assert (1 / ranks.double()).mean().item() == pytest.approx(searched["ner+task"]["test"]["mrr"])
+    paired = compare_runs(stack_dir, full_dir, replicates=500)
+    expected = searched["full"]["test"]["mrr"] - searched["ner+task"]["test"]["mrr"]
+    assert paired["difference"] == pytest.approx(expected) and paired["queries"] == len(ranks)
+    assert paired["low"] <= paired["difference"] <= paired["high"]
+    same = compare_runs(stack_dir, stack_dir, split="valid", replicates=50)
+    assert same["difference"] == same["low"] == same["high"] == same["second_better"] == 0
+    other = tmp_path / "search" / "other"
+    other.mkdir()
+    st_bytes = save_file_bytes({"test": ranks}, {"test_digest": "0" * 64})
+    (other / "ranks.safetensors").write_bytes(st_bytes)
+    with pytest.raises(ConfigError, match="different test functions"):
+        compare_runs(stack_dir, other)
+    with pytest.raises(CorruptArtifactError, match="no 'valid' ranks"):
+        compare_runs(other, stack_dir, split="valid")
+    with pytest.raises(MissingArtifactError, match="no per-query ranks"):
+        compare_runs(stack_dir, tmp_path)
+    assert main(["code", "compare", str(stack_dir), str(full_dir), "--replicates", "100"]) == 0
 
     # with ner_sides="code", queries are encoded by the task adapter alone and code by the stack
     am = AdaptedModel(load_code_base(tmp_path / "base" / "model")[0])

@@ -359,3 +359,21 @@ def report_command(runs: Path) -> None:
     from ..code.report import result_tables
 
     click.echo(result_tables(runs) or f"no reports under {runs}")
+
+
+@code_group.command("compare")
+@click.argument("first", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("second", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--replicates", type=click.IntRange(1), default=10_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def compare_command(first: Path, second: Path, split: str, replicates: int, seed: int) -> None:
+    """Paired bootstrap of the MRR difference between two code-search runs (SECOND minus FIRST)."""
+    from ..code.report import compare_runs
+
+    r = compare_runs(first, second, split=split, replicates=replicates, seed=seed)
+    click.echo(
+        f"{split} MRR over {r['queries']} queries: {first} {r['first_mrr']:.4f}, {second} {r['second_mrr']:.4f}; "
+        f"difference {r['difference']:+.4f} (95% interval {r['low']:+.4f} to {r['high']:+.4f}), "
+        f"second better in {100 * r['second_better']:.1f}% of {replicates:,} paired resamples"
+    )

@@ -8,11 +8,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingArtifactError
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
+from ..errors import ConfigError, CorruptArtifactError, MissingArtifactError
 from .corpus import CodeCorpus
 from .token_types import SourceError, label_source
 
-__all__ = ["labelling_throughput", "read_report", "result_tables"]
+__all__ = ["compare_runs", "labelling_throughput", "read_ranks", "read_report", "result_tables"]
 
 
 def read_report(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -28,6 +32,87 @@ def read_report(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise MissingArtifactError(
             f"{path}: no readable report ({type(err).__name__}); run the recipe first"
         ) from None
+
+
+def read_ranks(directory: str | os.PathLike[str], split: str = "test") -> tuple[torch.Tensor, str]:
+    """Each held-out query's rank from a code-search run (``DIRECTORY/ranks.safetensors``).
+
+    Returns:
+        ``((N,) int64 ranks, digest of the split's functions)``.
+
+    Raises:
+        MissingArtifactError: No ranks file (runs from before it was written, or not a search run).
+        CorruptArtifactError: A damaged file, or one without the split.
+    """
+    from .search import RANKS_NAME
+
+    path = Path(directory) / RANKS_NAME
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MissingArtifactError(
+            f"{path}: no per-query ranks ({type(err).__name__}); rerun the search setup to write them"
+        ) from None
+    try:
+        tensors = st_load(data)
+        metadata = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+    except (SafetensorError, ValueError) as err:
+        raise CorruptArtifactError(f"{path}: not a readable safetensors file ({err})") from None
+    if split not in tensors or f"{split}_digest" not in metadata:
+        raise CorruptArtifactError(f"{path}: no {split!r} ranks; it holds {sorted(tensors)}")
+    return tensors[split], metadata[f"{split}_digest"]
+
+
+def compare_runs(
+    first: str | os.PathLike[str],
+    second: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    replicates: int = 10_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap of the MRR difference between two code-search runs over the same queries.
+
+    Queries are resampled with replacement; both runs' reciprocal ranks move together, so the
+    interval reflects which queries each run gets right, not two independent noises.
+
+    Args:
+        first: A search run directory (``ranks.safetensors``).
+        second: Another, over the same held-out functions.
+        split: ``valid`` or ``test``.
+        replicates: Bootstrap replicates.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``first_mrr``, ``second_mrr``, ``difference`` (second minus first), its 95% interval
+        ``low``/``high``, ``second_better`` (share of replicates where the difference is above 0) and
+        ``queries``.
+
+    Raises:
+        ConfigError: The runs ranked different held-out functions, or ``replicates`` < 1.
+    """
+    if replicates < 1:
+        raise ConfigError(f"replicates must be >= 1, got {replicates}")
+    (a, digest_a), (b, digest_b) = read_ranks(first, split), read_ranks(second, split)
+    if digest_a != digest_b or a.shape != b.shape:
+        raise ConfigError(
+            f"{first} and {second} ranked different {split} functions (corpus, tokenizer or lengths differ); "
+            "compare runs of the same base and settings"
+        )
+    ra, rb = 1.0 / a.double(), 1.0 / b.double()  # (N,) reciprocal ranks
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(ra), (replicates, len(ra)), generator=generator)  # (R, N)
+    draws = (rb - ra)[pick].mean(1)  # (R,)
+    low, high = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {
+        "first_mrr": float(ra.mean()),
+        "second_mrr": float(rb.mean()),
+        "difference": float((rb - ra).mean()),
+        "low": low,
+        "high": high,
+        "second_better": float((draws > 0).double().mean()),
+        "queries": len(ra),
+    }
 
 
 def labelling_throughput(corpus: CodeCorpus, *, min_seconds: float = 5.0) -> dict[str, float]:

@@ -18,6 +18,7 @@ trained too, starting from its token-type weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -48,13 +49,16 @@ __all__ = [
     "SearchEncoder",
     "contrastive_loss",
     "encode_pairs",
+    "metrics_from_ranks",
     "search_metrics",
+    "search_ranks",
     "task_adapter_config",
     "train_code_search",
 ]
 
 SETUPS = ("zero-shot", "full", "task", "ner+task", "gate")
 _BEST_NAME = "trainable.safetensors"
+RANKS_NAME = "ranks.safetensors"
 
 
 def task_adapter_config(*, reduction_factor: float = 16.0) -> BottleneckConfig:
@@ -147,22 +151,39 @@ def contrastive_loss(model: SearchEncoder, batch: dict[str, torch.Tensor]) -> to
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def search_ranks(queries: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Rank of each query's answer among all codes (query ``i``'s answer is code ``i``).
+
+    Args:
+        queries: ``(N, D)`` unit vectors.
+        codes: ``(N, D)`` unit vectors.
+
+    Returns:
+        ``(N,)`` int64 ranks from 1; ties are counted in the answer's favour.
+    """
+    scores = queries @ codes.T  # (N, N)
+    correct = scores.diag().unsqueeze(1)  # (N, 1)
+    return (scores > correct).sum(1) + 1
+
+
 def search_metrics(queries: torch.Tensor, codes: torch.Tensor) -> dict[str, float]:
-    """MRR and recall@1/5/10 of ranking all codes for each query (query ``i``'s answer is code ``i``).
+    """MRR and recall@1/5/10 of ranking all codes for each query (see :func:`search_ranks`).
 
     Args:
         queries: ``(N, D)`` unit vectors.
         codes: ``(N, D)`` unit vectors.
     """
-    scores = queries @ codes.T  # (N, N)
-    correct = scores.diag().unsqueeze(1)  # (N, 1)
-    ranks = (scores > correct).sum(1) + 1  # (N,) ties counted in the answer's favour
+    return metrics_from_ranks(search_ranks(queries, codes))
+
+
+def metrics_from_ranks(ranks: torch.Tensor) -> dict[str, float]:
+    """MRR and recall@1/5/10 from ``(N,)`` ranks over ``N`` candidates."""
     return {
         "mrr": float((1.0 / ranks.double()).mean()),
         "recall@1": float((ranks <= 1).double().mean()),
         "recall@5": float((ranks <= 5).double().mean()),
         "recall@10": float((ranks <= 10).double().mean()),
-        "candidates": len(codes),
+        "candidates": len(ranks),
     }
 
 
@@ -181,9 +202,21 @@ class CodeSearchEval:
             raise ConfigError(f"the {prefix} split has no documented functions")
         self.pairs, self.pad_id, self.prefix, self.batch_size = pairs, pad_id, prefix, batch_size
 
-    @torch.no_grad()
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the held-out token ids: runs are comparable query by query only when it matches."""
+        hasher = hashlib.sha256()
+        for query, code in self.pairs:
+            hasher.update(json.dumps([query, code]).encode())
+        return hasher.hexdigest()
+
     def scores(self, model: SearchEncoder) -> dict[str, float]:
         """MRR and recall@k, in eval mode (modes restored)."""
+        return metrics_from_ranks(self.ranks(model))
+
+    @torch.no_grad()
+    def ranks(self, model: SearchEncoder) -> torch.Tensor:
+        """``(N,)`` rank of each query's function among all ``N``, in eval mode (modes restored)."""
         modes = {module: module.training for module in model.modules()}
         model.eval()
         device = next(model.parameters()).device
@@ -201,7 +234,7 @@ class CodeSearchEval:
         finally:
             for module, mode in modes.items():
                 module.training = mode
-        return search_metrics(*embedded)
+        return search_ranks(*embedded)
 
     def __call__(self, model: SearchEncoder) -> dict[str, float]:
         """``{prefix}_mrr`` (the loop's evaluation function)."""
@@ -239,7 +272,8 @@ def train_code_search(
         setup: One of :data:`SETUPS`.
         out_dir: Run directory: the loop's checkpoint and metrics, ``best/`` (trainable
             parameters of the step best on ``valid``), ``adapters/NAME/`` (trained adapters, gates
-            excluded) and ``report.json``.
+            excluded), ``report.json`` and ``ranks.safetensors`` (each held-out query's rank, for
+            paired comparisons: :func:`~polyglot_adapters.code.report.compare_runs`).
         ner_adapter: A directory written by :func:`~polyglot_adapters.code.train_ner_adapter`
             (its ``adapter/``), needed by ``ner+task`` and ``gate``.
         ner_sides: ``both`` (queries and code go through the NER adapter) or ``code`` (queries
@@ -371,7 +405,10 @@ def train_code_search(
         for name in trained:
             if name in am.adapters:
                 am.save_adapter(name, out / "adapters" / name)
-    scores = {split: batches.scores(encoder) for split, batches in held_out.items()}
+    ranks = {split: batches.ranks(encoder) for split, batches in held_out.items()}
+    scores = {split: metrics_from_ranks(r) for split, r in ranks.items()}
+    digests = {split: batches.digest for split, batches in held_out.items()}
+    atomic_write_bytes(out / RANKS_NAME, st_save(ranks, metadata={f"{s}_digest": d for s, d in digests.items()}))
     report = {
         "schema": "polyglot-adapters/code-search-report",
         "version": 1,
@@ -392,6 +429,7 @@ def train_code_search(
         "seconds": seconds,
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
+        "digests": digests,
         **scores,
     }
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
