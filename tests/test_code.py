@@ -281,38 +281,26 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
     with pytest.raises(CorruptArtifactError, match="checksum"):
         load_tagger_head(tagger, broken)
 
-    searched = {}
-    for setup in ("ner+task", "full"):
-        host, _ = load_code_base(tmp_path / "base" / "model")
-        searched[setup] = train_code_search(
-            host,
+    def search(setup: str, name: str, **options: object) -> dict[str, object]:
+        return train_code_search(
+            load_code_base(tmp_path / "base" / "model")[0],
             tokenizer,
             corpus,
             setup=setup,
-            out_dir=tmp_path / "search" / setup,
+            out_dir=tmp_path / "search" / name,
             ner_adapter=tmp_path / "ner" / "adapter",
             train_config=quick,
             code_length=32,
             query_length=16,
+            **options,
         )
+
+    searched = {setup: search(setup, setup) for setup in ("ner+task", "full")}
     assert searched["full"]["percent_of_full"] == pytest.approx(100.0)
     assert 0 < searched["ner+task"]["percent_of_full"] < 25
     assert 0 < searched["ner+task"]["test"]["mrr"] <= 1
     assert (tmp_path / "search" / "ner+task" / "adapters" / "task" / "adapter.json").is_file()
-    code_side_only = train_code_search(
-        load_code_base(tmp_path / "base" / "model")[0],
-        tokenizer,
-        corpus,
-        setup="ner+task",
-        out_dir=tmp_path / "search" / "ner-code",
-        ner_adapter=tmp_path / "ner" / "adapter",
-        ner_sides="code",
-        ner_layers=(0,),
-        tune_ner=True,
-        train_config=quick,
-        code_length=32,
-        query_length=16,
-    )
+    code_side_only = search("ner+task", "ner-code", ner_sides="code", ner_layers=(0,), tune_ner=True)
     assert code_side_only["ner_sides"] == "code" and searched["ner+task"]["ner_sides"] == "both"
     assert code_side_only["ner_layers"] == [0] and searched["ner+task"]["ner_layers"] is None
     assert code_side_only["tune_ner"] and not searched["ner+task"]["tune_ner"]
@@ -325,24 +313,14 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
         t.numel() for t in tuned.values()
     )
 
-    gated = train_code_search(
-        load_code_base(tmp_path / "base" / "model")[0],
-        tokenizer,
-        corpus,
-        setup="gate",
-        out_dir=tmp_path / "search" / "gate",
-        ner_adapter=tmp_path / "ner" / "adapter",
-        ner_prior=0.2,
-        train_config=quick,
-        code_length=32,
-        query_length=16,
-    )
+    gated = search("gate", "gate", ner_prior=0.2)
     assert gated["ner_prior"] == 0.2 and code_side_only["ner_prior"] is None
     best = st_load((tmp_path / "search" / "gate" / "best" / "trainable.safetensors").read_bytes())
     biases = [value for key, value in best.items() if key.endswith("gates.mix.gate_bias")]
     assert biases  # two small Adam steps from log(0.2, 0.8): the gate starts from the prior
     for bias in biases:
         torch.testing.assert_close(bias.softmax(-1), torch.tensor([0.2, 0.8]), rtol=0, atol=0.01)
+    host = load_code_base(tmp_path / "base" / "model")[0]
     for setup, prior in (("gate", 1.0), ("gate", 0.0), ("ner+task", 0.5)):
         with pytest.raises(ConfigError, match="ner_prior"):
             train_code_search(
