@@ -14,13 +14,20 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as save_file_bytes
 
-from polyglot_adapters import AdaptedModel, Stack
+from polyglot_adapters import AdaptedModel, Gate, Stack
 from polyglot_adapters.cli.main import main
 from polyglot_adapters.code import NO_TYPE, TOKEN_TYPES, SourceError, label_source, typed_tokens
 from polyglot_adapters.code.corpus import CodeFile, extract_functions, load_code_corpus, split_of
 from polyglot_adapters.code.encoder import code_encoder, load_code_base, pretrain_code_base, train_code_tokenizer
 from polyglot_adapters.code.report import compare_runs, read_ranks
-from polyglot_adapters.code.search import SearchEncoder, search_metrics, train_code_search
+from polyglot_adapters.code.search import (
+    CodeSearchEval,
+    SearchEncoder,
+    encode_pairs,
+    gate_mixture,
+    search_metrics,
+    train_code_search,
+)
 from polyglot_adapters.code.token_types import lex
 from polyglot_adapters.code.ttc import (
     TokenTypeTagger,
@@ -320,6 +327,11 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
     assert biases  # two small Adam steps from log(0.2, 0.8): the gate starts from the prior
     for bias in biases:
         torch.testing.assert_close(bias.softmax(-1), torch.tensor([0.2, 0.8]), rtol=0, atol=0.01)
+    assert set(gated["gate_mixture"]) == {"query", "code"}  # the NER branch is on both sides by default
+    for side in gated["gate_mixture"].values():
+        assert len(side["sites"]) == len(biases)
+        torch.testing.assert_close(torch.tensor(side["mean"]), torch.tensor([0.2, 0.8]), rtol=0, atol=0.02)
+    assert code_side_only["gate_mixture"] is None
     host = load_code_base(tmp_path / "base" / "model")[0]
     for setup, prior in (("gate", 1.0), ("gate", 0.0), ("ner+task", 0.5)):
         with pytest.raises(ConfigError, match="ner_prior"):
@@ -363,6 +375,29 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
         alone = SearchEncoder(am)(ids, mask)
     torch.testing.assert_close(query, alone)
     assert not torch.allclose(query, code)
+    # the gate's mixture over held-out tokens: its prior before training, padding left out
+    am.set_active(Gate("ner", "task", name="mix", prior=(0.3, 0.7)))
+    pairs = encode_pairs(corpus.functions("test"), tokenizer, query_length=16, code_length=32)
+    held_out = [(query, code[: 12 + 5 * (i % 5)]) for i, (query, code) in enumerate(pairs)]  # unequal lengths
+    padded = CodeSearchEval(held_out, tokenizer.pad_token_id, prefix="test")
+    unpadded = CodeSearchEval(held_out, tokenizer.pad_token_id, prefix="test", batch_size=1)
+    mixture = gate_mixture(encoder, padded, gate="mix")
+    assert len(mixture["sites"]) == len(biases)
+    for weights in mixture["sites"].values():
+        assert weights == pytest.approx([0.3, 0.7])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in am.model.named_parameters():
+            if name.endswith("gates.mix.gate_weight"):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 5)
+    mixture = gate_mixture(encoder, padded, gate="mix")
+    assert max(abs(weights[0] - 0.3) for weights in mixture["sites"].values()) > 0.01  # now token-dependent
+    for key, weights in gate_mixture(encoder, unpadded, gate="mix")["sites"].items():
+        assert mixture["sites"][key] == pytest.approx(weights, abs=1e-5)
+    with pytest.raises(ConfigError, match="does not read the gate"):
+        gate_mixture(encoder, padded, gate="mix", side="query")
+    with pytest.raises(ConfigError, match="no site holds a gate named 'other'"):
+        gate_mixture(encoder, padded, gate="other")
     with pytest.raises(ConfigError, match="ner_sides"):
         train_code_search(host, tokenizer, corpus, setup="task", out_dir=tmp_path / "x", ner_sides="query")
     with pytest.raises(ConfigError, match="needs ner_adapter"):

@@ -17,12 +17,13 @@ trained too, starting from its token-type weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "SearchEncoder",
     "contrastive_loss",
     "encode_pairs",
+    "gate_mixture",
     "metrics_from_ranks",
     "search_metrics",
     "search_ranks",
@@ -214,31 +216,96 @@ class CodeSearchEval:
         """MRR and recall@k, in eval mode (modes restored)."""
         return metrics_from_ranks(self.ranks(model))
 
+    def batches(self, side: str) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Yields ``(rows, ids, mask)`` of one side's texts, length-sorted so batches carry little padding.
+
+        Args:
+            side: ``query`` or ``code``.
+        """
+        rows = [p[0 if side == "query" else 1] for p in self.pairs]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for i in range(0, len(rows), self.batch_size):
+            chunk = order[i : i + self.batch_size]
+            ids, mask = _pad([rows[j] for j in chunk], self.pad_id)  # (B, T) each
+            yield chunk, ids, mask
+
     @torch.no_grad()
     def ranks(self, model: SearchEncoder) -> torch.Tensor:
         """``(N,)`` rank of each query's function among all ``N``, in eval mode (modes restored)."""
-        modes = {module: module.training for module in model.modules()}
-        model.eval()
         device = next(model.parameters()).device
-        try:
+        with _eval_mode(model):
             embedded = []
-            for column, side in enumerate(("query", "code")):
-                rows = [p[column] for p in self.pairs]
-                order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # little padding per batch
-                out = torch.empty(len(rows), model.adapted.model.config.hidden_size)
-                for i in range(0, len(rows), self.batch_size):
-                    chunk = order[i : i + self.batch_size]
-                    ids, mask = _pad([rows[j] for j in chunk], self.pad_id)
+            for side in ("query", "code"):
+                out = torch.empty(len(self.pairs), model.adapted.model.config.hidden_size)
+                for chunk, ids, mask in self.batches(side):
                     out[chunk] = model(ids.to(device), mask.to(device), side=side).float().cpu()
                 embedded.append(out)
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
         return search_ranks(*embedded)
 
     def __call__(self, model: SearchEncoder) -> dict[str, float]:
         """``{prefix}_mrr`` (the loop's evaluation function)."""
         return {f"{self.prefix}_mrr": self.scores(model)["mrr"]}
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Puts every module in eval mode and restores each one's mode afterwards."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@torch.no_grad()
+def gate_mixture(model: SearchEncoder, held_out: CodeSearchEval, *, gate: str, side: str = "code") -> dict[str, Any]:
+    """Mean weight a gate gives each branch, per site, over one side's real (non-padding) held-out tokens.
+
+    Args:
+        model: The search encoder, its active composition holding the gate.
+        held_out: The texts to read.
+        gate: The gate's name (:class:`~polyglot_adapters.Gate` ``name``).
+        side: ``code`` or ``query``.
+
+    Returns:
+        ``{"sites": {site key: [weight per branch]}, "mean": [weight per branch]}`` (the mean over sites).
+
+    Raises:
+        ConfigError: No site holds the gate, or the side's composition never reads it.
+    """
+    suffix = f".gates.{gate}"
+    layers = {n[: -len(suffix)]: m for n, m in model.adapted.model.named_modules() if n.endswith(suffix)}
+    if not layers:
+        raise ConfigError(f"no site holds a gate named {gate!r}")
+    sums: dict[str, torch.Tensor] = {}
+    tokens: dict[str, float] = {}
+    current: dict[str, torch.Tensor] = {}
+
+    def hook(key: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
+        def record(module: nn.Module, inputs: Any, weights: torch.Tensor) -> None:
+            mask = current["mask"].to(weights.device, torch.float32).unsqueeze(-1)  # (B, T, 1)
+            sums[key] = sums.get(key, 0) + (weights.float() * mask).sum((0, 1))  # (k,)
+            tokens[key] = tokens.get(key, 0.0) + float(mask.sum())
+
+        return record
+
+    handles = [m.register_forward_hook(hook(key)) for key, m in layers.items()]
+    device = next(model.parameters()).device
+    try:
+        with _eval_mode(model):
+            for _, ids, mask in held_out.batches(side):
+                current["mask"] = mask
+                model(ids.to(device), mask.to(device), side=side)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not sums:
+        raise ConfigError(f"the {side} side's composition does not read the gate {gate!r}")
+    sites = {key: (sums[key] / tokens[key]).tolist() for key in sorted(sums)}
+    mean = torch.tensor(list(sites.values())).mean(0).tolist()
+    return {"sites": sites, "mean": mean}
 
 
 def train_code_search(
@@ -408,6 +475,16 @@ def train_code_search(
     ranks = {split: batches.ranks(encoder) for split, batches in held_out.items()}
     scores = {split: metrics_from_ranks(r) for split, r in ranks.items()}
     digests = {split: batches.digest for split, batches in held_out.items()}
+    mixture = None
+    if setup == "gate":
+        sides = ("code",) if query_side is not None else ("query", "code")
+        mixture = {s: gate_mixture(encoder, held_out["test"], gate="mix", side=s) for s in sides}
+        for s, m in mixture.items():
+            per_site = [w[0] for w in m["sites"].values()]
+            say(
+                f"gate: mean weight on the NER branch over test {s} tokens {m['mean'][0]:.3f} "
+                f"(sites {min(per_site):.3f}-{max(per_site):.3f})"
+            )
     atomic_write_bytes(out / RANKS_NAME, st_save(ranks, metadata={f"{s}_digest": d for s, d in digests.items()}))
     report = {
         "schema": "polyglot-adapters/code-search-report",
@@ -430,6 +507,7 @@ def train_code_search(
         "best": result.best if result is not None else None,
         "device": str(next(am.model.parameters()).device),
         "digests": digests,
+        "gate_mixture": mixture,
         **scores,
     }
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
