@@ -194,6 +194,10 @@ class AdaptedModel(nn.Module):
                 wrapper.gates[gate.name] = layer
         self._gates[gate.name] = k
 
+    def gate_layers(self, name: str) -> dict[str, GateLayer]:
+        """The layers of the gate ``name`` by site key (empty until a composition holding it is activated)."""
+        return {w.site.key: w.gates[name] for w in self._sites.values() if name in w.gates}
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the host with the active composition.
 

@@ -17,7 +17,6 @@ trained too, starting from its token-type weights.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,7 +38,7 @@ from ..io import atomic_write_bytes
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training.config import TrainConfig
-from ..training.loop import train
+from ..training.loop import eval_mode, train
 from .budget import fit_to_steps, steps_within
 from .corpus import CodeCorpus, CodeFunction
 from .ttc import backbone, encoder_parameters
@@ -217,7 +216,7 @@ class CodeSearchEval:
         return metrics_from_ranks(self.ranks(model))
 
     def batches(self, side: str) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-        """Yields ``(rows, ids, mask)`` of one side's texts, length-sorted so batches carry little padding.
+        """Yields ``(positions, ids, mask)`` of one side's texts, length-sorted so batches carry little padding.
 
         Args:
             side: ``query`` or ``code``.
@@ -233,7 +232,7 @@ class CodeSearchEval:
     def ranks(self, model: SearchEncoder) -> torch.Tensor:
         """``(N,)`` rank of each query's function among all ``N``, in eval mode (modes restored)."""
         device = next(model.parameters()).device
-        with _eval_mode(model):
+        with eval_mode(model):
             embedded = []
             for side in ("query", "code"):
                 out = torch.empty(len(self.pairs), model.adapted.model.config.hidden_size)
@@ -245,18 +244,6 @@ class CodeSearchEval:
     def __call__(self, model: SearchEncoder) -> dict[str, float]:
         """``{prefix}_mrr`` (the loop's evaluation function)."""
         return {f"{self.prefix}_mrr": self.scores(model)["mrr"]}
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Puts every module in eval mode and restores each one's mode afterwards."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 @torch.no_grad()
@@ -275,8 +262,7 @@ def gate_mixture(model: SearchEncoder, held_out: CodeSearchEval, *, gate: str, s
     Raises:
         ConfigError: No site holds the gate, or the side's composition never reads it.
     """
-    suffix = f".gates.{gate}"
-    layers = {n[: -len(suffix)]: m for n, m in model.adapted.model.named_modules() if n.endswith(suffix)}
+    layers = model.adapted.gate_layers(gate)
     if not layers:
         raise ConfigError(f"no site holds a gate named {gate!r}")
     sums: dict[str, torch.Tensor] = {}
@@ -294,7 +280,7 @@ def gate_mixture(model: SearchEncoder, held_out: CodeSearchEval, *, gate: str, s
     handles = [m.register_forward_hook(hook(key)) for key, m in layers.items()]
     device = next(model.parameters()).device
     try:
-        with _eval_mode(model):
+        with eval_mode(model):
             for _, ids, mask in held_out.batches(side):
                 current["mask"] = mask
                 model(ids.to(device), mask.to(device), side=side)

@@ -40,7 +40,7 @@ from ..io import atomic_write_bytes, check_fingerprint
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training.config import TrainConfig
-from ..training.loop import train
+from ..training.loop import eval_mode, train
 from .budget import fit_to_steps, steps_within
 from .corpus import CodeCorpus, CodeFile
 from .token_types import NO_TYPE, TOKEN_TYPES, LabelledSource, SourceError, label_source
@@ -254,20 +254,15 @@ class TokenTypeBatches:
     @torch.no_grad()
     def predict(self, model: TokenTypeTagger) -> tuple[torch.Tensor, torch.Tensor]:
         """``(predicted, gold)`` type ids of every scored token, in eval mode (modes restored)."""
-        modes = {module: module.training for module in model.modules()}
-        model.eval()
         device = next(model.parameters()).device
         predicted, gold = [], []
-        try:
+        with eval_mode(model):
             for batch in self.batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(batch["input_ids"], batch["attention_mask"])  # (B, T, C)
                 scored = batch["labels"] != -100
                 predicted.append(logits[scored].argmax(-1).cpu())
                 gold.append(batch["labels"][scored].cpu())
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
         return torch.cat(predicted), torch.cat(gold)
 
     def __call__(self, model: TokenTypeTagger) -> dict[str, float]:

@@ -12,13 +12,14 @@ from .language_adapter import (
     load_masked_lm,
     train_language_adapter,
 )
-from .loop import TrainResult, train
+from .loop import TrainResult, eval_mode, train
 
 __all__ = [
     "LanguageAdapterResult",
     "TrainConfig",
     "TrainResult",
     "default_masked_lm",
+    "eval_mode",
     "language_adapter_config",
     "language_adapter_train_config",
     "load_masked_lm",

@@ -10,12 +10,13 @@ generator's state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -408,15 +409,21 @@ def _average_gradients(params: list[nn.Parameter], size: int) -> None:
             offset += p.numel()
 
 
-def _evaluate(model: nn.Module, eval_fn: EvalFn) -> dict[str, float]:
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Puts every module in eval mode and restores each one's own mode afterwards (even on error)."""
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
-            return {k: float(v) for k, v in eval_fn(model).items()}
+        yield
     finally:
         for module, mode in modes.items():
             module.training = mode
+
+
+def _evaluate(model: nn.Module, eval_fn: EvalFn) -> dict[str, float]:
+    with eval_mode(model), torch.no_grad():
+        return {k: float(v) for k, v in eval_fn(model).items()}
 
 
 def _keep_best(
