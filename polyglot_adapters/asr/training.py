@@ -26,7 +26,7 @@ from ..composition import Route
 from ..errors import CorruptArtifactError, MissingArtifactError, SchemaVersionError
 from ..io import atomic_write_bytes
 from ..model import AdaptedModel
-from ..training import TrainConfig, TrainResult, train
+from ..training import TrainConfig, TrainResult, eval_mode, train
 from .audio import read_audio
 from .data import Utterance
 from .decoding import greedy_search
@@ -278,21 +278,13 @@ def evaluate(
     """Loss, WER and CER (greedy, whole-utterance) on examples, in eval mode without gradients."""
     hypotheses, losses = [], []
     device = next(_host(model).parameters()).device
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                part = list(examples[start : start + batch_size])
-                batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
-                losses.append(
-                    float(transducer_loss(model, batch, augment=False, routes=routes, ctc=False)) * len(part)
-                )
-                tokens = transcribe_features(model, batch["features"], batch["lengths"])
-                hypotheses += [tokenizer.decode(h) for h in tokens]
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            part = list(examples[start : start + batch_size])
+            batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
+            losses.append(float(transducer_loss(model, batch, augment=False, routes=routes, ctc=False)) * len(part))
+            tokens = transcribe_features(model, batch["features"], batch["lengths"])
+            hypotheses += [tokenizer.decode(h) for h in tokens]
     rates = error_rates([e.text for e in examples], hypotheses)
     return {"loss": sum(losses) / len(examples), **rates}
 
@@ -319,10 +311,8 @@ def pseudo_label(
         routes: Language index to adapter name, as in :func:`transducer_loss`.
     """
     device = next(_host(teacher).parameters()).device
-    modes = {module: module.training for module in teacher.modules()}
-    teacher.eval()
     out = []
-    try:
+    with eval_mode(teacher):
         for start in range(0, len(examples), batch_size):
             part = list(examples[start : start + batch_size])
             batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
@@ -333,9 +323,6 @@ def pseudo_label(
             ):
                 if tokens:
                     out.append(dataclasses.replace(example, targets=tuple(tokens), text=tokenizer.decode(tokens)))
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     return out
 
 

@@ -45,7 +45,7 @@ from ..io import atomic_write_bytes
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..models.mlm import masked_lm_loss
-from ..training import TrainConfig, train
+from ..training import TrainConfig, eval_mode, train
 from ..training.checkpoint import check_run_record
 from ..training.language_adapter import non_embedding_parameters
 from .adapters import HELD_OUT_LANGUAGES
@@ -269,10 +269,8 @@ def masked_entity_accuracy(
     mlm = _mlm(adapted_mlm)
     collate = MaskedEntityCollate(tokenizer)
     device = next(adapted_mlm.parameters()).device
-    modes = {module: module.training for module in adapted_mlm.modules()}
-    adapted_mlm.eval()
     correct = 0
-    try:
+    with eval_mode(adapted_mlm):
         for i in range(0, len(examples), batch_size):
             chunk = examples[i : i + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, [0] * len(chunk)).items()}
@@ -282,9 +280,6 @@ def masked_entity_accuracy(
             wrong = (predicted != batch["labels"][targets]).long()  # (N,)
             misses = torch.zeros(len(chunk), dtype=torch.long, device=device).index_add_(0, rows, wrong)  # (B,)
             correct += int((misses == 0).sum())
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     return correct / len(examples)
 
 

@@ -43,7 +43,7 @@ from ..models import BaseModelError, default_mlm
 from ..models.mlm import mask_tokens
 from .checkpoint import find_checkpoint, read_checkpoint
 from .config import TrainConfig
-from .loop import train
+from .loop import eval_mode, train
 
 __all__ = [
     "DEFAULT_REDUCTION_FACTOR",
@@ -397,20 +397,15 @@ class MaskedLmBatches:
     @torch.no_grad()
     def __call__(self, model: AdaptedModel) -> dict[str, float]:
         """``{prefix}_loss`` (mean over targets, nats) and ``{prefix}_accuracy`` (top-1), in eval mode."""
-        modes = {module: module.training for module in model.modules()}
-        model.eval()
         device = next(model.parameters()).device
         total, correct = 0.0, 0
-        try:
+        with eval_mode(model):
             for batch in self.batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits, _ = masked_lm_targets(model, batch)
                 labels = batch["labels"][batch["labels"] != -100]
                 total += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
                 correct += int((logits.argmax(-1) == labels).sum())
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
         return {f"{self.prefix}_loss": total / self.targets, f"{self.prefix}_accuracy": correct / self.targets}
 
 
