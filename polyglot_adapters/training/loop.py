@@ -222,7 +222,6 @@ def train(
     if log is not None:
         _trim_log(log, start)
 
-    modes = {module: module.training for module in model.modules()}
     bar = tqdm(
         total=config.steps,
         initial=start,
@@ -239,13 +238,11 @@ def train(
     )
     run = _Run(model, dataset, order, collate, loss_fn, config, params, optimizer, world, device, out, log, base, best)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # caller's RNG untouched
-            model.train()
+        # The caller's RNG and module modes are left as they were.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _mode(model, training=True):
             run.loop(start, eval_fn, save_fn, bar)
     finally:
         bar.close()
-        for module, mode in modes.items():
-            module.training = mode
     return TrainResult(
         steps=config.steps, resumed_from=start, last_loss=run.last_loss, best=run.best, metrics=run.metrics
     )
@@ -409,11 +406,15 @@ def _average_gradients(params: list[nn.Parameter], size: int) -> None:
             offset += p.numel()
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Puts every module in eval mode and restores each one's own mode afterwards (even on error)."""
+    return _mode(model, training=False)
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, *, training: bool) -> Iterator[None]:
     modes = {module: module.training for module in model.modules()}
-    model.eval()
+    model.train(training)
     try:
         yield
     finally:
