@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from torch import nn
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.asr.recipe import SpeechData, language_adapter_config, recipe_config
 from polyglot_adapters.asr.training import evaluate, load_transducer, train_transducer
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 from polyglot_adapters.machine import machine_info
 
 
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mean test WER {100 * mean:.2f}")
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine_info(), "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "results.json", (json.dumps(payload, indent=2) + "\n").encode())
+    atomic_write_json(args.out / "results.json", payload)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from polyglot_adapters.asr import error_rates, read_manifest
 from polyglot_adapters.asr.whisper import WHISPER_LANGUAGES, load_whisper, whisper_model_dir, whisper_transcribe
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_supported": total,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.out, (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode())
+        atomic_write_json(args.out, report, ensure_ascii=False)
     return 0
 
 

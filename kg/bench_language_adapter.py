@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.data import load_udhr
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 from polyglot_adapters.machine import LoadMeter, machine_info
 from polyglot_adapters.training.language_adapter import (
     MaskedLmCollate,
@@ -172,7 +171,7 @@ def main() -> int:
     print(table, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_json(args.out, record)
     return 0
 
 

@@ -21,14 +21,13 @@ and writes it to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 from polyglot_adapters.kg import load_kg
 from polyglot_adapters.machine import LoadMeter, machine_info
 from polyglot_adapters.models import default_mlm
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "rows": rows}
-        atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
+        atomic_write_json(args.out, report)
     return 0
 
 

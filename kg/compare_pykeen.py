@@ -22,11 +22,10 @@ defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from polyglot_adapters.errors import PolyglotAdaptersError
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 from polyglot_adapters.kg import load_kg
 from polyglot_adapters.kg.compare import BUDGETS, compare_with_pykeen
 from polyglot_adapters.models import load_base
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "results": results,
         }
-        atomic_write_bytes(args.json, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(args.json, doc)
     return 0
 
 

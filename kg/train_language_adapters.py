@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_bytes, atomic_write_json
 from polyglot_adapters.machine import machine_info
 
 # Eight low-resource languages (Latin and Ethiopic scripts), English and Hindi (Devanagari).
@@ -128,7 +128,7 @@ def main() -> int:
     rows = [summary_row(lang, i % world, status[lang], args.out) for i, lang in enumerate(langs)]
     failed = [row["language"] for row in rows if "after" not in row]
     doc = {"languages": rows, "failed": failed, "options": args.options, "ranks": world, "machine": machine_info()}
-    atomic_write_bytes(args.out / "summary.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write_json(args.out / "summary.json", doc)
     table = render(rows)
     atomic_write_bytes(args.out / "summary.md", table.encode())
     print(table, end="")

@@ -25,7 +25,6 @@ exits 1, before anything is written.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.data import load_udhr
 from polyglot_adapters.errors import ConfigError, PolyglotAdaptersError
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 from polyglot_adapters.methods.sparse_ft import SparseDiff, SparseFTConfig
 from polyglot_adapters.methods.sparse_ft.lt_sft import train_lt_sft
 from polyglot_adapters.training import TrainConfig
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
         "before": before,
         "after": after,
     }
-    atomic_write_bytes(args.out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(args.out / "report.json", report)
     return report
 
 

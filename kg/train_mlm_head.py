@@ -41,7 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from transformers import BertForMaskedLM, BertModel
 
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_bytes, atomic_write_json
 from polyglot_adapters.models import default_base
 from polyglot_adapters.models.mlm import decode, mask_tokens, masked_lm_loss, mlm_from_base, mlm_trainable_names
 from polyglot_adapters.models.mlm_parts import (
@@ -542,7 +542,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     }
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.report, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(args.report, report)
     print(f"{'lang':<6} {'targets':>8} {'loss':>7} {'top-1':>7} {'unigram':>8}")
     for code, row in rows.items():
         print(f"{code:<6} {row['targets']:>8} {row['loss']:>7.3f} {row['top1']:>7.1%} {row['unigram_top1']:>8.1%}")

@@ -25,7 +25,6 @@ line and exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -38,7 +37,7 @@ from torch.nn import functional as F
 
 from polyglot_adapters import AdaptedModel
 from polyglot_adapters.errors import ConfigError, PolyglotAdaptersError
-from polyglot_adapters.io import atomic_write_bytes
+from polyglot_adapters.io import atomic_write_json
 from polyglot_adapters.kg.datasets import load_kg
 from polyglot_adapters.methods.sparse_ft import SparseDiff, SparseFTConfig
 from polyglot_adapters.methods.sparse_ft.lt_sft import train_lt_sft
@@ -213,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "accuracy": rows,
     }
-    atomic_write_bytes(args.out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(args.out / "report.json", report)
     return report
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WEIGHTS_NAME",
     "atomic_write_bytes",
+    "atomic_write_json",
     "check_fingerprint",
     "fingerprint",
     "fingerprint_mismatch",
@@ -79,6 +80,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, *, ensure_ascii: bool = True) -> None:
+    """Writes ``data`` as JSON (indent 2, sorted keys, final newline, UTF-8) with :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=ensure_ascii) + "\n").encode())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -292,7 +298,7 @@ def write_adapter(directory: str | os.PathLike[str], meta: dict[str, Any], tenso
         **meta,
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
     }
-    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(directory / CONFIG_NAME, doc)
     return directory
 
 

@@ -24,7 +24,7 @@ from polyglot_adapters.errors import (
     SchemaVersionError,
     UnknownMethodError,
 )
-from polyglot_adapters.io import CONFIG_NAME, WEIGHTS_NAME, fingerprint_mismatch
+from polyglot_adapters.io import CONFIG_NAME, WEIGHTS_NAME, atomic_write_json, fingerprint_mismatch
 
 CONFIGS = {
     "language": BottleneckConfig.language(),
@@ -573,3 +573,15 @@ def test_nothing_written_uses_pickle(key: str, tmp_path: Path) -> None:
     assert meta["config"] == json.loads(json.dumps(CONFIGS[key].to_dict()))
     assert meta["base"] == am.base_fingerprint
     assert meta["tensors_sha256"] == hashlib.sha256(weights).hexdigest()
+
+
+def test_atomic_write_json_sorted_and_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    atomic_write_json(path, {"b": 1, "a": "é"})
+    assert path.read_bytes() == b'{\n  "a": "\\u00e9",\n  "b": 1\n}\n'
+    atomic_write_json(path, {"a": "é"}, ensure_ascii=False)
+    assert path.read_text(encoding="utf-8") == '{\n  "a": "é"\n}\n'
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"a": object()})  # not serialisable: fails before anything is written
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": "é"}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind

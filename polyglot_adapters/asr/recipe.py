@@ -19,7 +19,7 @@ import torch
 
 from ..data import load_udhr
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_json
 from ..merging import SavedAdapter, load_bundle, merge_per_language, write_bundle
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
@@ -103,7 +103,7 @@ def recipe_config(
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    atomic_write_json(path, data, ensure_ascii=False)
 
 
 def language_adapter_config(reduction_factor: float = 20.0, *, predictor: bool = False) -> BottleneckConfig:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..composition import Route
 from ..errors import CorruptArtifactError, MissingArtifactError, SchemaVersionError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_json
 from ..model import AdaptedModel
 from ..training import TrainConfig, TrainResult, eval_mode, train
 from .audio import read_audio
@@ -407,7 +407,7 @@ def save_transducer(
         "languages": list(languages),
         **(extra or {}),
     }
-    atomic_write_bytes(out / "model.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "model.json", meta)
     return out
 
 

@@ -44,10 +44,10 @@ def _adapters(pairs: tuple[str, ...], hint: str = "--adapter") -> dict[str, str]
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from ..io import atomic_write_bytes
+    from ..io import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    atomic_write_json(path, data, ensure_ascii=False)
 
 
 @click.group(name="asr")

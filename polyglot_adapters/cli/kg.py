@@ -75,10 +75,8 @@ def eval_command(
 
     Writes OUT/results.json, OUT/results.md and OUT/hits_at_1.png (alignment Hits@1 per language).
     """
-    import json
-
     from ..errors import ConfigError
-    from ..io import atomic_write_bytes
+    from ..io import atomic_write_bytes, atomic_write_json
     from ..kg import load_kg
     from ..kg.adapters import load_kg_run
     from ..kg.alignment import ALIGNMENT_INFERENCE
@@ -114,7 +112,7 @@ def eval_command(
     target = out if out is not None else run_dir / "eval"
     target.mkdir(parents=True, exist_ok=True)
     lines = results_markdown(results)
-    atomic_write_bytes(target / "results.json", (json.dumps(results, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(target / "results.json", results)
     atomic_write_bytes(target / "results.md", ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(target / "hits_at_1.png", alignment_plot(results))
     click.echo("\n".join(lines))

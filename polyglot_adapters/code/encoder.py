@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, staged_directory
+from ..io import atomic_write_json, staged_directory
 from ..model import AdaptedModel
 from ..training.config import TrainConfig
 from ..training.language_adapter import (
@@ -262,7 +261,7 @@ def pretrain_code_base(
         "before": before,
         "after": after,
     }
-    atomic_write_bytes(out / REPORT_NAME, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / REPORT_NAME, report)
     return report
 
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from ..composition import Composition, Gate, Stack
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_json
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training.config import TrainConfig
@@ -496,6 +496,6 @@ def train_code_search(
         "gate_mixture": mixture,
         **scores,
     }
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "report.json", report)
     say(f"{setup}: test MRR {scores['test']['mrr']:.4f} over {scores['test']['candidates']} functions")
     return report

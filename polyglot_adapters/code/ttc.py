@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, CorruptArtifactError, MissingArtifactError
-from ..io import atomic_write_bytes, check_fingerprint
+from ..io import atomic_write_bytes, atomic_write_json, check_fingerprint
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training.config import TrainConfig
@@ -357,7 +357,7 @@ def save_tagger(model: TokenTypeTagger, adapter: str | None, directory: str | os
         "tensors_sha256": hashlib.sha256(blob).hexdigest(),
     }
     atomic_write_bytes(out / f"{HEAD_NAME}.safetensors", blob)
-    atomic_write_bytes(out / f"{HEAD_NAME}.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / f"{HEAD_NAME}.json", meta)
     return out
 
 
@@ -512,7 +512,7 @@ def train_ner_adapter(
         train_config = fit_to_steps(train_config, steps)
         say(f"{steps} steps fit in {budget_seconds:g} s")
     settings["train_config"] = train_config.to_dict()
-    atomic_write_bytes(out / "run.json", (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "run.json", settings)
     started = time.perf_counter()
     result = train(
         tagger,
@@ -555,7 +555,7 @@ def train_ner_adapter(
         },
         **scores,
     }
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "report.json", report)
     say(
         f"test accuracy {100 * scores['test']['accuracy']:.2f}% macro-F1 {100 * scores['test']['macro_f1']:.2f} "
         f"({scores['test']['tokens']:,} tokens)"

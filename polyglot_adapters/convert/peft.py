@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -13,7 +12,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_json
 from ..merging import SavedAdapter
 from ..methods.lora import LoraConfig
 from .detect import ConversionError, Detected
@@ -139,5 +138,5 @@ def export_peft(adapter: SavedAdapter, directory: str | os.PathLike[str], host: 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / PEFT_WEIGHTS, st_save(tensors))
-    atomic_write_bytes(directory / PEFT_CONFIG, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(directory / PEFT_CONFIG, doc)
     return directory

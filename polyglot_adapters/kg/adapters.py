@@ -28,7 +28,7 @@ from torch import nn
 
 from ..composition import Average, Composition, Gate, Stack
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, check_fingerprint, read_adapter, write_adapter
+from ..io import atomic_write_json, check_fingerprint, read_adapter, write_adapter
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training import TrainConfig, train
@@ -237,7 +237,7 @@ def train_kg_adapters(
     }
     check_run_record(out, record, "KG-adapter run")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "run.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "run.json", record)
     language = None
     if language_adapter is not None:
         language = "language"
@@ -293,7 +293,7 @@ def train_kg_adapters(
         "adapters": {k: str(v.relative_to(out)) for k, v in dirs.items()},
         "base": am.base_fingerprint,
     }
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "report.json", report)
     return KGAdapterResult(model=am, adapter_dirs=dirs, report=report)
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..composition import Stack
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_json
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..models.mlm import masked_lm_loss
@@ -437,7 +437,7 @@ def train_masked_kg_adapter(
         torch.manual_seed(settings.seed)
         am.add_adapter(name, adapter_config)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "run.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "run.json", record)
     am.set_active(Stack(BASE_ADAPTER_NAME, name) if base_adapters is not None else name)
     am.train_adapters(name)
     started = time.perf_counter()
@@ -466,7 +466,7 @@ def train_masked_kg_adapter(
             "threads": torch.get_num_threads(),
         },
     }
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / "report.json", report)
     return MaskedKGResult(model=am, adapter_dir=adapter_dir, report=report)
 
 

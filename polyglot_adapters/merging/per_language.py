@@ -32,7 +32,7 @@ from safetensors.torch import save as st_save
 
 from ..config import config_from_dict
 from ..errors import ConfigError, CorruptArtifactError, MissingArtifactError, SchemaVersionError
-from ..io import atomic_write_bytes, check_fingerprint, parse_verified
+from ..io import atomic_write_bytes, atomic_write_json, check_fingerprint, parse_verified
 from ..model import AdaptedModel
 from .saved import MergeError, SavedAdapter, check_same_base
 
@@ -232,7 +232,7 @@ def write_bundle(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / BUNDLE_WEIGHTS, blob)
-    atomic_write_bytes(directory / BUNDLE_CONFIG, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(directory / BUNDLE_CONFIG, doc)
     return directory
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import BertForMaskedLM
 
 from ..errors import BaseModelMismatchError, CorruptArtifactError, MissingArtifactError, SchemaVersionError
-from ..io import atomic_write_bytes, parse_verified
+from ..io import atomic_write_bytes, atomic_write_json, parse_verified
 from .base import BUILD_INFO, default_base, default_base_dir, load_directory, model_directory
 from .mlm import mlm_from_base, mlm_trainable_names
 
@@ -107,7 +107,7 @@ def write_mlm_parts(
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target / _WEIGHTS, blob)
-    atomic_write_bytes(target / _META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(target / _META, meta)
     return target
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from collections import defaultdict
@@ -37,7 +36,7 @@ from torch import nn
 
 from ..composition import Stack
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_json
 from ..kg.datasets import KGDataset
 from ..methods.p_adapter import PAdapterConfig, router_loss
 from ..model import AdaptedModel
@@ -350,9 +349,7 @@ def train_p_adapter(
             train_facts = cap_per_relation(train_facts, settings.per_relation)
         facts_by_language[language], held_out[language] = train_facts, test_facts
     examples, vocabs = prompt_examples(tokenizer, kg, facts_by_language, relations, slots=settings.slots)
-    atomic_write_bytes(
-        out / "run.json", (json.dumps({"settings": dataclasses.asdict(settings)}, indent=2) + "\n").encode()
-    )
+    atomic_write_json(out / "run.json", {"settings": dataclasses.asdict(settings)})
     previous = model.active
     model.add_adapter(name, config)
     model.set_active(Stack(name, previous) if previous is not None else name)
@@ -396,7 +393,7 @@ def train_p_adapter(
         "last_loss": result.last_loss,
         "seconds": seconds,
     }
-    atomic_write_bytes(out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_json(out / "report.json", report)
     return report
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from ..errors import ConfigError, CorruptArtifactError
-from ..io import atomic_write_bytes, parse_verified, staged_directory
+from ..io import atomic_write_bytes, atomic_write_json, parse_verified, staged_directory
 
 __all__ = ["CHECKPOINT_SCHEMA", "check_run_record", "find_checkpoint", "read_checkpoint", "write_checkpoint"]
 
@@ -43,7 +43,7 @@ def write_checkpoint(
         blob = st_save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
         atomic_write_bytes(tmp / _STATE, blob)
         doc = {"schema": CHECKPOINT_SCHEMA, "version": 1, **meta, "state_sha256": hashlib.sha256(blob).hexdigest()}
-        atomic_write_bytes(tmp / _META, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(tmp / _META, doc)
 
 
 def find_checkpoint(directory: str | os.PathLike[str]) -> Path | None:

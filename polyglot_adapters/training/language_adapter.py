@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from ..data import Language, UdhrCorpus, load_udhr
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_json
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..models import BaseModelError, default_mlm
@@ -531,7 +531,7 @@ def train_language_adapter(
         am.add_adapter(name, config)  # a config the host cannot take fails here, before anything is written
     if rank == 0 and found is None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / RUN_NAME, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(out / RUN_NAME, settings)
 
     am.set_active(None)
     before = _evaluate_all(am, held_out) if rank == 0 else {}
@@ -591,7 +591,7 @@ def train_language_adapter(
         "before": before,
         "after": after,
     }
-    atomic_write_bytes(out / REPORT_NAME, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(out / REPORT_NAME, report)
     return LanguageAdapterResult(name=name, model=am, adapter_dir=adapter_dir, report=report)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, CorruptArtifactError
-from ..io import atomic_write_bytes, fingerprint_mismatch
+from ..io import atomic_write_bytes, atomic_write_json, fingerprint_mismatch
 from .checkpoint import find_checkpoint, read_checkpoint, write_checkpoint
 from .config import TrainConfig
 
@@ -451,7 +451,7 @@ def _keep_best(
         if save_fn is not None:
             save_fn(model, out / "best")
         doc = {"step": step, "metric": name, "mode": config.best_mode, "value": value, "metrics": metrics}
-        atomic_write_bytes(out / "best.json", (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(out / "best.json", doc)
     return {"step": step, name: value}
 
 
