@@ -19,7 +19,7 @@ from polyglot_adapters.cli.main import main
 from polyglot_adapters.code import NO_TYPE, TOKEN_TYPES, SourceError, label_source, typed_tokens
 from polyglot_adapters.code.corpus import CodeFile, extract_functions, load_code_corpus, split_of
 from polyglot_adapters.code.encoder import code_encoder, load_code_base, pretrain_code_base, train_code_tokenizer
-from polyglot_adapters.code.report import compare_runs, read_ranks
+from polyglot_adapters.code.report import compare_runs, compare_seeds, read_ranks
 from polyglot_adapters.code.search import (
     CodeSearchEval,
     SearchEncoder,
@@ -361,6 +361,20 @@ def test_pretrain_ner_adapter_and_code_search_end_to_end(tmp_path, tokenizer):
     with pytest.raises(MissingArtifactError, match="no per-query ranks"):
         compare_runs(stack_dir, tmp_path)
     assert main(["code", "compare", str(stack_dir), str(full_dir), "--replicates", "100"]) == 0
+    seeds = compare_seeds([(stack_dir, full_dir), (full_dir, stack_dir)], replicates=200)
+    assert [row["difference"] for row in seeds["pairs"]] == pytest.approx([expected, -expected])
+    assert seeds["difference"] == pytest.approx(0) and seeds["low"] == seeds["high"] == pytest.approx(0)
+    assert seeds["seed_sd"] == pytest.approx(abs(expected) * 2**0.5)  # sd of (d, -d)
+    assert seeds["seed_low"] < 0 < seeds["seed_high"] or expected == 0
+    assert compare_runs(stack_dir, full_dir, replicates=500) == paired  # one pair is compare_runs, bit for bit
+    one = compare_seeds([(stack_dir, full_dir)], replicates=500)
+    assert one["seed_sd"] is one["seed_low"] is None
+    with pytest.raises(ConfigError, match="no runs to compare"):
+        compare_seeds([])
+    with pytest.raises(ConfigError, match="different test functions"):
+        compare_seeds([(stack_dir, full_dir), (stack_dir, other)])
+    assert main(["code", "compare", str(stack_dir), str(full_dir), str(stack_dir), "--replicates", "10"]) == 2
+    assert main(["code", "compare", str(stack_dir), str(full_dir), str(full_dir), str(stack_dir)]) == 0
 
     # with ner_sides="code", queries are encoded by the task adapter alone and code by the stack
     am = AdaptedModel(load_code_base(tmp_path / "base" / "model")[0])

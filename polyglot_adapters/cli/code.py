@@ -362,18 +362,39 @@ def report_command(runs: Path) -> None:
 
 
 @code_group.command("compare")
-@click.argument("first", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("second", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--replicates", type=click.IntRange(1), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def compare_command(first: Path, second: Path, split: str, replicates: int, seed: int) -> None:
-    """Paired bootstrap of the MRR difference between two code-search runs (SECOND minus FIRST)."""
-    from ..code.report import compare_runs
+def compare_command(runs: tuple[Path, ...], split: str, replicates: int, seed: int) -> None:
+    """Paired bootstrap of the MRR difference between code-search runs: FIRST SECOND [FIRST2 SECOND2 ...].
 
-    r = compare_runs(first, second, split=split, replicates=replicates, seed=seed)
+    One pair: SECOND minus FIRST over the same queries. Several pairs (one per training seed): the
+    mean difference, with the query-bootstrap interval and a t interval over the seeds.
+    """
+    from ..code.report import compare_seeds
+
+    if len(runs) % 2:
+        raise click.BadParameter(
+            f"give the runs in pairs (FIRST SECOND, one pair per seed); got {len(runs)}", param_hint="RUNS"
+        )
+    pairs = list(zip(runs[::2], runs[1::2], strict=True))
+    r = compare_seeds(pairs, split=split, replicates=replicates, seed=seed)
+    for row in r["pairs"] if len(pairs) > 1 else []:
+        click.echo(
+            f"{row['first']} {row['first_mrr']:.4f}, {row['second']} {row['second_mrr']:.4f}: "
+            f"difference {row['difference']:+.4f}"
+        )
+    first, second = ("the first runs", "the second runs") if len(pairs) > 1 else runs
+    mean = " (mean over the pairs)" if len(pairs) > 1 else ""
     click.echo(
-        f"{split} MRR over {r['queries']} queries: {first} {r['first_mrr']:.4f}, {second} {r['second_mrr']:.4f}; "
+        f"{split} MRR over {r['queries']} queries{mean}: {first} {r['first_mrr']:.4f}, "
+        f"{second} {r['second_mrr']:.4f}; "
         f"difference {r['difference']:+.4f} (95% interval {r['low']:+.4f} to {r['high']:+.4f}), "
         f"second better in {100 * r['second_better']:.1f}% of {replicates:,} paired resamples"
     )
+    if r["seed_sd"] is not None:
+        click.echo(
+            f"over the {len(pairs)} seeds: standard deviation {r['seed_sd']:.4f}, "
+            f"95% t interval {r['seed_low']:+.4f} to {r['seed_high']:+.4f}"
+        )

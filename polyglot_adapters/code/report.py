@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from ..errors import ConfigError, CorruptArtifactError, MissingArtifactError
 from .corpus import CodeCorpus
 from .token_types import SourceError, label_source
 
-__all__ = ["compare_runs", "labelling_throughput", "read_ranks", "read_report", "result_tables"]
+__all__ = ["compare_runs", "compare_seeds", "labelling_throughput", "read_ranks", "read_report", "result_tables"]
 
 
 def read_report(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -91,27 +92,98 @@ def compare_runs(
     Raises:
         ConfigError: The runs ranked different held-out functions, or ``replicates`` < 1.
     """
+    pooled = compare_seeds([(first, second)], split=split, replicates=replicates, seed=seed)
+    return {
+        key: pooled[key]
+        for key in ("first_mrr", "second_mrr", "difference", "low", "high", "second_better", "queries")
+    }
+
+
+def compare_seeds(
+    pairs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]],
+    *,
+    split: str = "test",
+    replicates: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The MRR difference between two setups, each trained with several seeds, over the same queries.
+
+    Pair ``s`` is one seed of the first setup and one of the second. The difference is the mean over
+    the pairs of each pair's MRR difference. Two intervals answer two questions: the paired bootstrap
+    (queries resampled once and applied to every pair) says how much the choice of held-out queries
+    moves it; the t interval over the pairs' differences (two or more pairs) says how much the
+    training seed does, which on small data is often the larger.
+
+    Args:
+        pairs: ``(first run, second run)`` directories (``ranks.safetensors``), one pair per seed.
+        split: ``valid`` or ``test``.
+        replicates: Bootstrap replicates.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``pairs`` (each pair's runs, MRRs and difference), ``first_mrr`` and ``second_mrr`` (means over
+        the pairs), ``difference`` (second minus first), its query-bootstrap 95% interval
+        ``low``/``high`` with ``second_better`` (share of replicates above 0), ``seed_sd`` (standard
+        deviation of the pairs' differences) and its 95% t interval ``seed_low``/``seed_high`` (both
+        ``None`` for one pair), and ``queries``.
+
+    Raises:
+        ConfigError: No pairs, runs that ranked different held-out functions, or ``replicates`` < 1.
+    """
     if replicates < 1:
         raise ConfigError(f"replicates must be >= 1, got {replicates}")
-    (a, digest_a), (b, digest_b) = read_ranks(first, split), read_ranks(second, split)
-    if digest_a != digest_b or a.shape != b.shape:
-        raise ConfigError(
-            f"{first} and {second} ranked different {split} functions (corpus, tokenizer or lengths differ); "
-            "compare runs of the same base and settings"
+    if not pairs:
+        raise ConfigError("no runs to compare: give at least one (first, second) pair")
+    reference: tuple[Path, str, int] | None = None
+    rows, diffs = [], []
+    for first, second in pairs:
+        reciprocal = []
+        for run in (first, second):
+            ranks, digest = read_ranks(run, split)
+            if reference is None:
+                reference = (Path(run), digest, len(ranks))
+            elif (digest, len(ranks)) != reference[1:]:
+                raise ConfigError(
+                    f"{reference[0]} and {run} ranked different {split} functions (corpus, tokenizer or lengths "
+                    "differ); compare runs of the same base and settings"
+                )
+            reciprocal.append(1.0 / ranks.double())  # (N,)
+        ra, rb = reciprocal
+        diffs.append(rb - ra)
+        rows.append(
+            {
+                "first": str(first),
+                "second": str(second),
+                "first_mrr": float(ra.mean()),
+                "second_mrr": float(rb.mean()),
+                "difference": float((rb - ra).mean()),
+            }
         )
-    ra, rb = 1.0 / a.double(), 1.0 / b.double()  # (N,) reciprocal ranks
+    per_query = torch.stack(diffs).mean(0)  # (N,) mean over the pairs
     generator = torch.Generator().manual_seed(seed)
-    pick = torch.randint(len(ra), (replicates, len(ra)), generator=generator)  # (R, N)
-    draws = (rb - ra)[pick].mean(1)  # (R,)
+    pick = torch.randint(len(per_query), (replicates, len(per_query)), generator=generator)  # (R, N)
+    draws = per_query[pick].mean(1)  # (R,)
     low, high = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    seed_sd = seed_low = seed_high = None
+    if len(rows) > 1:
+        import scipy.stats
+
+        per_pair = torch.tensor([row["difference"] for row in rows], dtype=torch.float64)
+        seed_sd = float(per_pair.std())
+        half = float(scipy.stats.t.ppf(0.975, len(rows) - 1)) * seed_sd / len(rows) ** 0.5
+        seed_low, seed_high = float(per_pair.mean()) - half, float(per_pair.mean()) + half
     return {
-        "first_mrr": float(ra.mean()),
-        "second_mrr": float(rb.mean()),
-        "difference": float((rb - ra).mean()),
+        "pairs": rows,
+        "first_mrr": sum(row["first_mrr"] for row in rows) / len(rows),
+        "second_mrr": sum(row["second_mrr"] for row in rows) / len(rows),
+        "difference": float(per_query.mean()),
         "low": low,
         "high": high,
         "second_better": float((draws > 0).double().mean()),
-        "queries": len(ra),
+        "seed_sd": seed_sd,
+        "seed_low": seed_low,
+        "seed_high": seed_high,
+        "queries": len(per_query),
     }
 
 
