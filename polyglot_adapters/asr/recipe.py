@@ -23,7 +23,7 @@ from ..io import atomic_write_json
 from ..merging import SavedAdapter, load_bundle, merge_per_language, write_bundle
 from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
-from ..training import TrainConfig
+from ..training import TrainConfig, TrainResult
 from .data import build_speech_corpus, read_manifest
 from .model import conformer_transducer
 from .tokenizer import SpeechTokenizer, train_tokenizer
@@ -339,39 +339,32 @@ def train_language_adapter(
     before = evaluate(am, test, tokenizer)
     am.add_adapter(language, language_adapter_config(reduction_factor, predictor=predictor))
     am.set_active(language)
-    am.train_adapters(language)
     config = config or recipe_config(lr=2e-3, batch_size=8, best_metric="valid_loss")
-    clock = time.perf_counter()
-    result = train_transducer(
-        am,
-        data.select("train_tail", language),
-        data.select("valid", language),
-        tokenizer,
-        config,
-        out_dir=out / "run",
-        save_fn=lambda m, d: m.save_adapter(language, d),
-        progress=progress,
-    )
-    am.delete_adapter(language)
-    am.load_adapter(out / "run" / "best", name=language)
-    am.set_active(language)
-    pseudo = []
-    if noisy_student:
-        pseudo = pseudo_label(am, data.select("unlabelled", language), tokenizer)
+
+    def fit(examples: list[SpeechExample], run_dir: Path) -> TrainResult:
+        """Trains the language adapter on ``examples``, then reloads its best checkpoint from ``run_dir``."""
         am.train_adapters(language)
-        result = train_transducer(
+        fitted = train_transducer(
             am,
-            data.select("train_tail", language) + pseudo,
+            examples,
             data.select("valid", language),
             tokenizer,
             config,
-            out_dir=out / "student",
+            out_dir=run_dir,
             save_fn=lambda m, d: m.save_adapter(language, d),
             progress=progress,
         )
         am.delete_adapter(language)
-        am.load_adapter(out / "student" / "best", name=language)
+        am.load_adapter(run_dir / "best", name=language)
         am.set_active(language)
+        return fitted
+
+    clock = time.perf_counter()
+    result = fit(data.select("train_tail", language), out / "run")
+    pseudo = []
+    if noisy_student:
+        pseudo = pseudo_label(am, data.select("unlabelled", language), tokenizer)
+        result = fit(data.select("train_tail", language) + pseudo, out / "student")
     seconds = time.perf_counter() - clock
     am.save_adapter(language, out / "adapter")
     after = evaluate(am, test, tokenizer)
