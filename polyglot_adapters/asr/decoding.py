@@ -2,7 +2,8 @@
 
 Greedy search keeps, per stream, the symbols so far, the predictor's last output and its LSTM
 state; :func:`stack_decoder_states` / :func:`unstack_decoder_states` batch them like the
-encoder's. Beam search is torchaudio's ``RNNTBeamSearch`` (one stream at a time).
+encoder's. Beam search is torchaudio's ``RNNTBeamSearch`` (one stream at a time); a cascaded
+model's second pass is searched through a thin view that presents it as the encoder.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import nn
 from torchaudio.models import RNNTBeamSearch
 
 from .model import ConformerTransducer, State, stack_states, unstack_states
@@ -119,8 +121,35 @@ def unstack_decoder_states(state: DecoderState) -> list[DecoderState]:
     ]
 
 
+class _SecondPassView(nn.Module):
+    """A cascaded transducer whose ``transcribe`` runs both encoders (what ``RNNTBeamSearch`` calls)."""
+
+    def __init__(self, model: ConformerTransducer) -> None:
+        super().__init__()
+        self.model = model
+
+    def transcribe(self, sources: torch.Tensor, source_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(sources, source_lengths)
+
+    def predict(
+        self, targets: torch.Tensor, target_lengths: torch.Tensor, state: State | None
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        return self.model.predict(targets, target_lengths, state)
+
+    def join(
+        self,
+        source_encodings: torch.Tensor,
+        source_lengths: torch.Tensor,
+        target_encodings: torch.Tensor,
+        target_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.join(source_encodings, source_lengths, target_encodings, target_lengths)
+
+
 @torch.no_grad()
-def beam_search(model: ConformerTransducer, features: torch.Tensor, length: int, *, beam_width: int = 4) -> list[int]:
+def beam_search(
+    model: ConformerTransducer, features: torch.Tensor, length: int, *, beam_width: int = 4, first_pass: bool = False
+) -> list[int]:
     """The best hypothesis of torchaudio's ``RNNTBeamSearch`` for one utterance.
 
     Args:
@@ -128,10 +157,12 @@ def beam_search(model: ConformerTransducer, features: torch.Tensor, length: int,
         features: One utterance's features ``(T, F)``.
         length: Its valid frames.
         beam_width: Beam size.
+        first_pass: Search a cascaded model's streaming encoder instead of its second pass.
 
     Returns:
         The symbols (blank-free) of the best hypothesis.
     """
-    search = RNNTBeamSearch(model, model.blank)
+    view = _SecondPassView(model) if model.cascaded and not first_pass else model
+    search = RNNTBeamSearch(view, model.blank)
     hypotheses = search(features[None], torch.tensor([length], device=features.device), beam_width)
     return [s for s in hypotheses[0][0] if s != model.blank]

@@ -9,6 +9,14 @@ order), so a chunk's output depends only on the frames it sees, and chunk-by-chu
 with the cached left context (:meth:`ChunkedConformerEncoder.infer`) equals full-utterance
 encoding (:meth:`ChunkedConformerEncoder.forward`) up to float rounding.
 
+The cascaded variant (``cascade_layers > 0``) adds a second-pass encoder: more Conformer layers
+that see the whole utterance (full attention, centred convolution) over the causal encoder's
+output. The first pass streams partial hypotheses; once a stream ends, the second pass re-encodes
+it and the shared predictor and joiner decode the final hypothesis (Narayanan et al., "Cascaded
+encoders for unifying streaming and non-streaming ASR", the framework of the tail-language
+adapter paper). Its layers follow the causal ones in the same ``conformer_layers`` list, so
+adapters attach to both passes alike.
+
 The model is a ``torchaudio.models.RNNT`` (transcriber, predictor, joiner), so torchaudio's
 ``RNNTBeamSearch`` decodes it; the predictor and joiner are this module's own.
 """
@@ -71,6 +79,10 @@ class ConformerTransducerConfig:
             has a CTC output layer (``ctc_output``, used only by the training loss): the encoder
             learns to align within a few epochs, where a transducer trained alone from scratch
             spends its first epochs emitting only blanks.
+        cascade_layers: Full-context Conformer layers of the second-pass encoder (0 = a streaming
+            model only).
+        cascade_weight: Share of the second pass's RNN-T loss in training, the first pass taking
+            the rest (used only with ``cascade_layers > 0``).
     """
 
     input_dim: int
@@ -88,24 +100,31 @@ class ConformerTransducerConfig:
     joiner_dim: int = 256
     dropout: float = 0.1
     ctc_weight: float = 0.0
+    cascade_layers: int = 0
+    cascade_weight: float = 0.5
 
     model_type = MODEL_TYPE
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in ("dropout", "ctc_weight"):
+            if field.name in ("dropout", "ctc_weight", "cascade_weight"):
                 check(
                     isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1,
                     f"{field.name} must be in [0, 1), got {value!r}",
                 )
                 continue
-            minimum = 2 if field.name == "num_symbols" else 0 if field.name == "left_chunks" else 1
+            minimum = 2 if field.name == "num_symbols" else 0 if field.name in ("left_chunks", "cascade_layers") else 1
             check(
                 isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
                 f"{field.name} must be an integer >= {minimum}, got {value!r}",
             )
         check(self.kernel_size % 2 == 1, f"kernel_size must be odd, got {self.kernel_size}")
+        check(
+            self.cascade_layers == 0 or self.cascade_weight > 0,
+            f"cascade_weight must be above 0 with cascade_layers = {self.cascade_layers} "
+            "(or the second pass never trains)",
+        )
         check(
             self.hidden_size % self.num_heads == 0,
             f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
@@ -155,6 +174,9 @@ def _lengths_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
 class ChunkedConformerEncoder(nn.Module):
     """The transcriber: feature normalisation, frame stacking, chunk-causal Conformer, output norm.
 
+    With ``config.cascade_layers > 0`` it also holds the second-pass encoder (:meth:`second_pass`):
+    the last ``cascade_layers`` of ``conformer.conformer_layers`` and their own output norm.
+
     Args:
         config: Model sizes.
     """
@@ -170,11 +192,22 @@ class ChunkedConformerEncoder(nn.Module):
             input_dim=config.hidden_size,
             num_heads=config.num_heads,
             ffn_dim=config.ffn_dim,
-            num_layers=config.num_layers,
+            num_layers=config.num_layers + config.cascade_layers,
             depthwise_conv_kernel_size=config.kernel_size,
             dropout=config.dropout,
         )
         self.output_norm = nn.LayerNorm(config.hidden_size)
+        self.cascade_norm = nn.LayerNorm(config.hidden_size) if config.cascade_layers else None
+
+    @property
+    def causal_layers(self) -> nn.ModuleList:
+        """The streaming (first-pass) layers."""
+        return self.conformer.conformer_layers[: self.config.num_layers]
+
+    @property
+    def cascade_layers(self) -> nn.ModuleList:
+        """The second-pass layers (empty without a cascade)."""
+        return self.conformer.conformer_layers[self.config.num_layers :]
 
     @torch.no_grad()
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -226,15 +259,22 @@ class ChunkedConformerEncoder(nn.Module):
         blocked: torch.Tensor,
         key_cache: torch.Tensor | None,
         conv_cache: torch.Tensor,
+        *,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One Conformer layer (macaron FFN, attention, causal convolution, FFN, norm) on ``(B, T, D)``.
+        """One Conformer layer (macaron FFN, attention, convolution, FFN, norm) on ``(B, T, D)``.
+
+        The convolution sees the ``conv_cache`` frames before each frame and the rest of its
+        ``kernel - 1`` frames after it: causal with a ``kernel - 1`` cache, centred with ``(kernel - 1) / 2``.
 
         Args:
             layer: A ``torchaudio`` ``ConformerLayer`` (its sub-modules are used as they are).
             x: Layer input ``(B, T, D)``.
             blocked: ``(B * heads, T, K + T)`` attention mask, True where attention is not allowed.
             key_cache: Attention inputs of the ``K`` previous frames ``(B, K, D)``, or ``None`` (``K = 0``).
-            conv_cache: Convolution inputs of the ``kernel - 1`` previous frames ``(B, D, kernel - 1)``.
+            conv_cache: Convolution inputs of the ``C`` previous frames ``(B, D, C)``, ``C < kernel``.
+            valid: ``(B, T)`` bool, False at padding, which is zeroed before a convolution that looks
+                ahead (a causal one never sees later padding).
 
         Returns:
             The output ``(B, T, D)``, the attention inputs ``(B, K + T, D)`` and the
@@ -250,8 +290,12 @@ class ChunkedConformerEncoder(nn.Module):
         conv = layer.conv_module
         pointwise_in, glu, depthwise, norm, activation, pointwise_out, dropout = conv.sequential
         y = glu(pointwise_in(conv.layer_norm(x).transpose(1, 2)))  # (B, D, T)
-        y = torch.cat([conv_cache, y], dim=2)  # (B, D, kernel - 1 + T)
-        z = F.conv1d(y, depthwise.weight, depthwise.bias, groups=depthwise.groups)  # causal: (B, D, T)
+        if valid is not None:
+            y = y.masked_fill(~valid[:, None, :], 0.0)
+        y = torch.cat([conv_cache, y], dim=2)  # (B, D, C + T)
+        ahead = self.config.kernel_size - 1 - conv_cache.shape[2]
+        padded = F.pad(y, (0, ahead)) if ahead else y  # (B, D, kernel - 1 + T)
+        z = F.conv1d(padded, depthwise.weight, depthwise.bias, groups=depthwise.groups)  # (B, D, T)
         x = x + dropout(pointwise_out(activation(norm(z)))).transpose(1, 2)
         x = x + 0.5 * layer.ffn2(x)
         return layer.final_layer_norm(x), keys, y
@@ -273,9 +317,36 @@ class ChunkedConformerEncoder(nn.Module):
         allowed = self._allowed(pos, pos, _lengths_mask(out_lengths, t))
         blocked = (~allowed).repeat_interleave(self.config.num_heads, dim=0)  # (B * heads, T', T')
         conv_cache = x.new_zeros(b, self.config.hidden_size, self.config.kernel_size - 1)
-        for layer in self.conformer.conformer_layers:
+        for layer in self.causal_layers:
             x, _, _ = self._layer(layer, x, blocked, None, conv_cache)
         return self.output_norm(x), out_lengths
+
+    def second_pass(self, encodings: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-encodes whole utterances' first-pass encodings with full context (the cascade).
+
+        Args:
+            encodings: First-pass output ``(B, T', hidden_size)`` (:meth:`forward` or the chunks of
+                :meth:`infer`, concatenated).
+            lengths: Valid frames per row ``(B,)``.
+
+        Returns:
+            Second-pass encodings ``(B, T', hidden_size)`` and ``lengths``; every valid frame sees
+            every valid frame of its row, and padding never changes valid frames.
+
+        Raises:
+            ConfigError: If the model has no second pass (``cascade_layers = 0``).
+        """
+        if self.cascade_norm is None:
+            raise ConfigError("this model has no second-pass encoder (cascade_layers = 0); train one with a cascade")
+        b, t, _ = encodings.shape
+        valid = _lengths_mask(lengths, t)  # (B, T')
+        itself = torch.eye(t, dtype=torch.bool, device=encodings.device)
+        blocked = (~(valid[:, None, :] | itself[None])).repeat_interleave(self.config.num_heads, dim=0)
+        conv_cache = encodings.new_zeros(b, self.config.hidden_size, (self.config.kernel_size - 1) // 2)
+        x = encodings
+        for layer in self.cascade_layers:
+            x, _, _ = self._layer(layer, x, blocked, None, conv_cache, valid=valid)
+        return self.cascade_norm(x), lengths
 
     def init_state(self, batch_size: int, *, device: torch.device | None = None) -> State:
         """The state before the first chunk: an empty attention cache and zero convolution inputs.
@@ -291,7 +362,7 @@ class ChunkedConformerEncoder(nn.Module):
                 torch.zeros(batch_size, k, device=device, dtype=torch.bool),
                 torch.zeros(batch_size, d, self.config.kernel_size - 1, device=device, dtype=dtype),
             ]
-            for _ in self.conformer.conformer_layers
+            for _ in self.causal_layers
         ]
 
     def infer(
@@ -324,7 +395,7 @@ class ChunkedConformerEncoder(nn.Module):
         blocked = (~allowed).repeat_interleave(self.config.num_heads, dim=0)  # (B * heads, T, K + T)
         idle = (out_lengths == 0)[:, None]  # rows without new frames keep their state
         new_state: State = []
-        for layer, (keys, valid, conv) in zip(self.conformer.conformer_layers, state, strict=True):
+        for layer, (keys, valid, conv) in zip(self.causal_layers, state, strict=True):
             x, seen_keys, seen_conv = self._layer(layer, x, blocked, keys if k else None, conv)
             new_keys = seen_keys[:, seen_keys.shape[1] - k :] if k else keys
             new_state.append(
@@ -455,6 +526,33 @@ class ConformerTransducer(torchaudio.models.RNNT):
         """
         return self.transcriber.infer(features, lengths, state)
 
+    @property
+    def cascaded(self) -> bool:
+        """Whether the model has a second-pass encoder."""
+        return self.config.cascade_layers > 0
+
+    def second_pass(self, encodings: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The second-pass encoder over first-pass encodings (see :meth:`ChunkedConformerEncoder.second_pass`)."""
+        return self.transcriber.second_pass(encodings, lengths)
+
+    def encode(
+        self, features: torch.Tensor, lengths: torch.Tensor, *, first_pass: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-utterance encodings to decode: the second pass's where the model has one.
+
+        Args:
+            features: Features ``(B, T, input_dim)``.
+            lengths: Valid feature frames per row ``(B,)``.
+            first_pass: Return the streaming encoder's output even if the model is cascaded.
+
+        Returns:
+            Encodings ``(B, T', hidden_size)`` and their valid lengths.
+        """
+        encodings, out_lengths = self.transcriber(features, lengths)
+        if first_pass or not self.cascaded:
+            return encodings, out_lengths
+        return self.second_pass(encodings, out_lengths)
+
 
 def stack_states(states: list[State]) -> State:
     """Batches the states of several streams (each of batch size ``b_i``) into one, in order."""
@@ -488,6 +586,8 @@ def conformer_transducer(
     joiner_dim: int = 256,
     dropout: float = 0.1,
     ctc_weight: float = 0.0,
+    cascade_layers: int = 0,
+    cascade_weight: float = 0.5,
 ) -> ConformerTransducer:
     """Builds a streaming Conformer transducer (see :class:`ConformerTransducerConfig` for the arguments).
 
@@ -511,6 +611,8 @@ def conformer_transducer(
             joiner_dim=joiner_dim,
             dropout=dropout,
             ctc_weight=ctc_weight,
+            cascade_layers=cascade_layers,
+            cascade_weight=cascade_weight,
         )
     )
 

@@ -25,7 +25,7 @@ from ..methods.bottleneck import BottleneckConfig
 from ..model import AdaptedModel
 from ..training import TrainConfig, TrainResult
 from .data import build_speech_corpus, read_manifest
-from .model import conformer_transducer
+from .model import ConformerTransducer, conformer_transducer
 from .tokenizer import SpeechTokenizer, train_tokenizer
 from .training import (
     SpeechExample,
@@ -257,21 +257,38 @@ def train_base(
     preset: str = "cpu",
     config: TrainConfig | None = None,
     ctc_weight: float = 0.3,
+    cascade_layers: int = 0,
+    cascade_weight: float = 0.5,
+    init: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains the multilingual base on all labelled audio; writes ``out_dir/model`` and ``out_dir/report.json``.
 
     The checkpoint best on the valid set (``valid_loss``) becomes the model. ``ctc_weight`` is the
-    auxiliary CTC loss's share (see ``ConformerTransducerConfig``).
+    auxiliary CTC loss's share, ``cascade_layers`` and ``cascade_weight`` size the second pass
+    (see ``ConformerTransducerConfig``). ``init`` starts from a trained model directory instead
+    of random weights (its sizes, preset and feature statistics; new second-pass layers start
+    random), e.g. to add a cascade to a streaming base.
+
+    Raises:
+        ConfigError: If ``init`` has another tokenizer than ``data`` or already more cascade layers.
     """
     out = Path(out_dir)
     train_examples = data.select("train_head") + data.select("train_tail")
     torch.manual_seed(0)
-    model = conformer_transducer(
-        input_dim=80, num_symbols=data.tokenizer.num_symbols, ctc_weight=ctc_weight, **PRESETS[preset]
-    )
-    model.transcriber.set_feature_stats(*feature_stats(train_examples))
+    if init is None:
+        model = conformer_transducer(
+            input_dim=80,
+            num_symbols=data.tokenizer.num_symbols,
+            ctc_weight=ctc_weight,
+            cascade_layers=cascade_layers,
+            cascade_weight=cascade_weight,
+            **PRESETS[preset],
+        )
+        model.transcriber.set_feature_stats(*feature_stats(train_examples))
+    else:
+        model, preset = _initialised(init, data, ctc_weight, cascade_layers, cascade_weight)
     model.to(device)
     config = config or recipe_config(lr=2e-3, batch_size=16, best_metric="valid_loss", steps=2000, every=250)
 
@@ -305,6 +322,37 @@ def train_base(
     }
     _write_json(out / "report.json", report)
     return report
+
+
+def _initialised(
+    init: str | os.PathLike[str],
+    data: SpeechData,
+    ctc_weight: float,
+    cascade_layers: int,
+    cascade_weight: float,
+) -> tuple[ConformerTransducer, str]:
+    """A model with ``init``'s weights and sizes, its loss weights and cascade as asked; and its preset."""
+    source, tokenizer, meta = load_transducer(init)
+    if tokenizer.proto != data.tokenizer.proto:
+        raise ConfigError(f"{init}: its tokenizer is not the corpus's; start from a model trained on this corpus")
+    if cascade_layers < source.config.cascade_layers:
+        raise ConfigError(
+            f"{init}: has {source.config.cascade_layers} second-pass layers, asked for {cascade_layers}; "
+            "pass --cascade-layers at least as large"
+        )
+    config = dataclasses.replace(
+        source.config, ctc_weight=ctc_weight, cascade_layers=cascade_layers, cascade_weight=cascade_weight
+    )
+    model = ConformerTransducer(config)
+    if (model.ctc_output is None) != (source.ctc_output is None):
+        raise ConfigError(f"{init}: ctc_weight {ctc_weight} would add or drop its CTC output layer; keep it above 0")
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    new = [
+        k for k in missing if k.startswith(("transcriber.cascade_norm.", "transcriber.conformer.conformer_layers."))
+    ]
+    if unexpected or len(new) != len(missing):
+        raise ConfigError(f"{init}: its tensors do not fit (missing {sorted(set(missing) - set(new))[:3]})")
+    return model, str(meta.get("preset", "custom"))
 
 
 def train_language_adapter(

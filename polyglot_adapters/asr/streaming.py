@@ -3,7 +3,9 @@
 Audio arrives in chunks of ``chunk_ms``; each stream keeps its own feature buffer, and all
 streams share one batched encoder state and one batched greedy decoder state. Rows are routed
 to their language's adapter with ``Route``; a stream whose language has no adapter runs the
-base model (through an all-zero adapter, which is exactly the identity) and says so.
+base model (through an all-zero adapter, which is exactly the identity) and says so. With a
+cascaded model the partial transcripts come from the streaming (first-pass) encoder, and when a
+stream ends its second pass re-encodes the whole utterance and gives the final transcript.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ class StreamResult:
     Attributes:
         language: The requested language.
         adapter: The adapter used (:data:`BASE` when the language has none).
-        text: Final transcript.
-        partials: Transcript after each chunk.
+        text: Final transcript (a cascaded model's second pass).
+        partials: Transcript after each chunk (the streaming first pass).
         audio_seconds: Length of the audio.
         chunk_seconds: Compute time of each step (shared by the streams of a batch).
+        final_seconds: Compute time of the second pass after the stream's end (0 without a cascade).
     """
 
     language: str
@@ -52,6 +55,7 @@ class StreamResult:
     partials: list[str]
     audio_seconds: float
     chunk_seconds: list[float]
+    final_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +164,28 @@ class Recognizer:
         return names
 
     @torch.no_grad()
-    def transcribe(self, waveforms: Sequence[torch.Tensor], languages: Sequence[str]) -> list[str]:
-        """Offline (whole-utterance) greedy transcripts of 16 kHz waveforms, one language each."""
+    def transcribe(
+        self, waveforms: Sequence[torch.Tensor], languages: Sequence[str], *, first_pass: bool = False
+    ) -> list[str]:
+        """Offline (whole-utterance) greedy transcripts of 16 kHz waveforms, one language each.
+
+        A cascaded model decodes its second pass unless ``first_pass`` is set.
+        """
         for i, w in enumerate(waveforms):
             check_waveform(w, SAMPLE_RATE, source=f"waveform {i}")
         self._route(languages)
         features, lengths = self.logmel.batch(list(waveforms))
-        encodings, enc_lengths = self.model.transcriber(features, lengths)
+        encodings, enc_lengths = self.model.encode(features, lengths, first_pass=first_pass)
         return [self.tokenizer.decode(t) for t in greedy_search(self.model, encodings, enc_lengths).tokens]
+
+    def _second_pass(self, encoded: Sequence[list[torch.Tensor]], languages: Sequence[str]) -> list[str]:
+        """Final transcripts of ended streams: their first-pass encodings re-encoded by the cascade."""
+        self._route(languages)
+        chunks = [torch.cat(parts) if parts else torch.zeros(0, self.model.config.hidden_size) for parts in encoded]
+        lengths = torch.tensor([c.shape[0] for c in chunks])
+        padded = torch.nn.utils.rnn.pad_sequence(chunks, batch_first=True)  # (B, T', D)
+        encodings, lengths = self.model.second_pass(padded, lengths)
+        return [self.tokenizer.decode(t) for t in greedy_search(self.model, encodings, lengths).tokens]
 
     @torch.no_grad()
     def stream(
@@ -204,6 +222,9 @@ class Recognizer:
         done = [False] * b
         state, decoder = None, None
         partials: list[list[str]] = [[] for _ in waves]
+        encoded: list[list[torch.Tensor]] = [[] for _ in waves]  # first-pass frames, for a cascade
+        finals: dict[int, str] = {}
+        final_seconds = [0.0] * b
         timings: list[float] = []
         position, lookahead = 0, WINDOW - HOP
         while not all(done):
@@ -232,15 +253,26 @@ class Recognizer:
                 partials[i].append(text)
                 if on_partial is not None and lengths[i] > 0:
                     on_partial(i, text)
+                if self.model.cascaded and lengths[i] > 0:
+                    encoded[i].append(encodings[i, : enc_lengths[i]])
+            ended = [i for i in range(b) if done[i] and i not in finals]
+            if self.model.cascaded and ended:
+                clock = time.perf_counter()
+                texts = self._second_pass([encoded[i] for i in ended], [languages[i] for i in ended])
+                elapsed = time.perf_counter() - clock
+                self._route(languages)
+                for i, text in zip(ended, texts, strict=True):
+                    finals[i], final_seconds[i] = text, elapsed
             position += step_samples
         return [
             StreamResult(
                 language=languages[i],
                 adapter=names[i],
-                text=partials[i][-1] if partials[i] else "",
+                text=finals.get(i, partials[i][-1] if partials[i] else ""),
                 partials=partials[i],
                 audio_seconds=waves[i].numel() / SAMPLE_RATE,
                 chunk_seconds=timings,
+                final_seconds=final_seconds[i],
             )
             for i in range(b)
         ]

@@ -191,7 +191,9 @@ def transducer_loss(
 
     A model with ``config.ctc_weight = w > 0`` is trained on ``(1 - w) * rnnt + w * ctc`` (CTC on
     its encoder frames, also a mean per utterance); ``ctc=False`` gives the RNN-T term alone (for
-    evaluation, so that losses compare across models).
+    evaluation, so that losses compare across models). In a cascaded model the RNN-T term is
+    ``(1 - c) * first + c * second`` with ``c = config.cascade_weight``: both passes share the
+    predictor and joiner, and the second pass's gradient reaches the first-pass encoder too.
 
     Args:
         model: A :class:`ConformerTransducer` or an ``AdaptedModel`` of one.
@@ -217,6 +219,18 @@ def transducer_loss(
     loss = torchaudio.functional.rnnt_loss(
         logits.float(), targets.int(), logit_lengths.int(), target_lengths.int(), blank=host.blank, reduction="mean"
     )
+    if host.cascaded:
+        second, _ = host.second_pass(encodings, enc_lengths)  # (B, T', D)
+        logits, logit_lengths, _ = host.join(second, enc_lengths, predictions, pred_lengths)
+        second_loss = torchaudio.functional.rnnt_loss(
+            logits.float(),
+            targets.int(),
+            logit_lengths.int(),
+            target_lengths.int(),
+            blank=host.blank,
+            reduction="mean",
+        )
+        loss = (1 - host.config.cascade_weight) * loss + host.config.cascade_weight * second_loss
     weight = host.config.ctc_weight
     if not ctc or host.ctc_output is None or weight == 0:
         return loss
@@ -237,10 +251,15 @@ def transducer_loss(
 
 
 @torch.no_grad()
-def transcribe_features(model: nn.Module, features: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-    """Greedy hypotheses (piece ids) of a padded batch of features, whole-utterance encoding."""
+def transcribe_features(
+    model: nn.Module, features: torch.Tensor, lengths: torch.Tensor, *, first_pass: bool = False
+) -> list[list[int]]:
+    """Greedy hypotheses (piece ids) of a padded batch of features, whole-utterance encoding.
+
+    A cascaded model decodes its second pass unless ``first_pass`` is set.
+    """
     host = _host(model)
-    encodings, enc_lengths = host.transcriber(features, lengths)
+    encodings, enc_lengths = host.encode(features, lengths, first_pass=first_pass)
     return greedy_search(host, encodings, enc_lengths).tokens
 
 
@@ -275,18 +294,28 @@ def evaluate(
     batch_size: int = 16,
     routes: dict[int, str] | None = None,
 ) -> dict[str, float]:
-    """Loss, WER and CER (greedy, whole-utterance) on examples, in eval mode without gradients."""
-    hypotheses, losses = [], []
-    device = next(_host(model).parameters()).device
+    """Loss, WER and CER (greedy, whole-utterance) on examples, in eval mode without gradients.
+
+    A cascaded model's ``wer`` and ``cer`` are its second pass's; ``first_pass_wer`` and
+    ``first_pass_cer`` are the streaming encoder's, on the same utterances.
+    """
+    host = _host(model)
+    hypotheses: dict[bool, list[str]] = {False: [], True: []}
+    losses = []
+    device = next(host.parameters()).device
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(examples), batch_size):
             part = list(examples[start : start + batch_size])
             batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
             losses.append(float(transducer_loss(model, batch, augment=False, routes=routes, ctc=False)) * len(part))
-            tokens = transcribe_features(model, batch["features"], batch["lengths"])
-            hypotheses += [tokenizer.decode(h) for h in tokens]
-    rates = error_rates([e.text for e in examples], hypotheses)
-    return {"loss": sum(losses) / len(examples), **rates}
+            for first_pass in (False, True) if host.cascaded else (False,):
+                tokens = transcribe_features(model, batch["features"], batch["lengths"], first_pass=first_pass)
+                hypotheses[first_pass] += [tokenizer.decode(h) for h in tokens]
+    references = [e.text for e in examples]
+    out = {"loss": sum(losses) / len(examples), **error_rates(references, hypotheses[False])}
+    if host.cascaded:
+        out.update({f"first_pass_{k}": v for k, v in error_rates(references, hypotheses[True]).items()})
+    return out
 
 
 def pseudo_label(

@@ -125,6 +125,27 @@ def data_command(
     show_default=True,
     help="Share of the auxiliary CTC loss on the encoder (0 = RNN-T alone).",
 )
+@click.option(
+    "--cascade-layers",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Full-context layers of a second-pass encoder over the streaming one (0 = streaming only).",
+)
+@click.option(
+    "--cascade-weight",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of the second pass's RNN-T loss (the first pass has the rest).",
+)
+@click.option(
+    "--init",
+    "init_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from this trained model directory (its sizes; new second-pass layers start random).",
+)
 @_PRECISION_OPTION
 @_GROUP_OPTION
 @_DEVICE_OPTION
@@ -137,6 +158,9 @@ def train_base_command(
     lr: float,
     eval_every: int,
     ctc_weight: float,
+    cascade_layers: int,
+    cascade_weight: float,
+    init_dir: Path | None,
     precision: str,
     group_by_length: bool,
     device: str,
@@ -154,7 +178,15 @@ def train_base_command(
         group_by_length=group_by_length,
     )
     report = train_base(
-        SpeechData.load(data_dir), out, preset=preset, config=config, ctc_weight=ctc_weight, device=device
+        SpeechData.load(data_dir),
+        out,
+        preset=preset,
+        config=config,
+        ctc_weight=ctc_weight,
+        cascade_layers=cascade_layers,
+        cascade_weight=cascade_weight,
+        init=init_dir,
+        device=device,
     )
     click.echo(json.dumps(report, indent=2, sort_keys=True))
 
@@ -342,7 +374,8 @@ def stream_command(
     """Decode AUDIO files (AUDIO or AUDIO:LANG) as concurrent streams in one batch, printing partial results.
 
     Each stream uses its language's adapter; a language without one falls back to the base model.
-    Prints the final text, the real-time factor and per-chunk compute latency p50/p95.
+    Prints the final text, the real-time factor and per-chunk compute latency p50/p95. A cascaded
+    model's partial results come from its streaming encoder and the final text from its second pass.
     """
     import torch
 
@@ -367,7 +400,8 @@ def stream_command(
     results = recognizer.stream(waves, [lang for _, lang in streams], chunk_ms=int(chunk_ms), on_partial=partial)
     timing = StreamTiming.of(results, time.perf_counter() - clock)
     for i, ((path, lang), result) in enumerate(zip(streams, results, strict=True)):
-        click.echo(f"[{i}] {path} ({lang}, adapter {result.adapter}): {result.text}")
+        rescored = f"; second pass {result.final_seconds * 1000:.1f} ms after the end" if result.final_seconds else ""
+        click.echo(f"[{i}] {path} ({lang}, adapter {result.adapter}{rescored}): {result.text}")
     click.echo(timing.describe(chunk_ms=int(chunk_ms), threads=threads))
 
 
