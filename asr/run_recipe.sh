@@ -9,7 +9,8 @@
 # Steps (each is skipped when its output exists, so a killed run continues where it stopped):
 #   1. `asr data`: espeak-ng speaks UDHR phrases (3 renditions per head-language phrase, 2 per
 #      labelled tail phrase, plus unlabelled tail audio) -> OUT/corpus, feature packs in OUT/corpus/features;
-#   2. `asr train-base`: the multilingual base on every language's labelled audio (RNN-T + 0.3 CTC) -> OUT/base;
+#   2. `asr train-base`: the multilingual base on every language's labelled audio (RNN-T + 0.3 CTC) -> OUT/base
+#      (CASCADE=N adds N full-context second-pass layers: partial results stream, the final text is the second pass's);
 #   3. `asr train-lda --lang sw,om,tn,af`: the tail languages' adapters in one routed run, base frozen (NOISY=1
 #      adds a noisy-student round, PREDICTOR=1 a bottleneck on the prediction network's output too); each
 #      language keeps its best checkpoint -> OUT/lda/bundle;
@@ -17,7 +18,7 @@
 #   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json.
 # Every training step batches utterances of similar duration and runs under bf16 autocast (PRECISION=fp32 to turn that off).
 # Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS, NOISY,
-# PREDICTOR, PRECISION.
+# PREDICTOR, PRECISION, CASCADE.
 set -euo pipefail
 OUT=${1:?output directory}
 DEVICE=${2:-cpu}
@@ -41,7 +42,8 @@ fi
 if [ ! -f "$OUT/base/model/model.json" ]; then
     step "base ($PRESET, $BASE_STEPS steps of 32)"
     $PA asr train-base --data "$FEATURES" --out "$OUT/base" --preset "$PRESET" --steps "$BASE_STEPS" \
-        --batch-size 32 --lr 2e-3 --eval-every 250 --ctc-weight 0.3 --precision "$PRECISION" --device "$DEVICE" \
+        --batch-size 32 --lr 2e-3 --eval-every 250 --ctc-weight 0.3 --cascade-layers "${CASCADE:-0}" \
+        --precision "$PRECISION" --device "$DEVICE" \
         > "$OUT/logs/base.log" 2>&1
 fi
 if [ ! -f "$OUT/lda/report.json" ]; then
