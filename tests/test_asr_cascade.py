@@ -13,9 +13,11 @@ from conftest import randomize
 from polyglot_adapters import AdaptedModel, BottleneckConfig
 from polyglot_adapters.asr import (
     SAMPLE_RATE,
+    ConformerTransducer,
     ConformerTransducerConfig,
     beam_search,
     conformer_transducer,
+    conformer_transducer_tiny,
     load_transducer,
     save_transducer,
     train_tokenizer,
@@ -30,26 +32,14 @@ from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.training import TrainConfig
 
 V = 33
-TINY = dict(
-    input_dim=80,
-    num_symbols=V,
-    hidden_size=64,
-    num_layers=2,
-    num_heads=2,
-    ffn_dim=128,
-    kernel_size=7,
-    chunk_frames=2,
-    left_chunks=2,
-    predictor_dim=64,
-    joiner_dim=64,
-)
 
 
 def pair(num_symbols: int = V) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A cascaded tiny model (one second-pass layer) and the streaming model with its first-pass weights."""
+    config = conformer_transducer_tiny(num_symbols=num_symbols).config
     torch.manual_seed(0)
-    cascaded = conformer_transducer(**{**TINY, "num_symbols": num_symbols}, cascade_layers=1).eval()
-    streaming = conformer_transducer(**{**TINY, "num_symbols": num_symbols}).eval()
+    cascaded = ConformerTransducer(dataclasses.replace(config, cascade_layers=1)).eval()
+    streaming = ConformerTransducer(config).eval()
     state = {k: v for k, v in cascaded.state_dict().items() if k in streaming.state_dict()}
     streaming.load_state_dict(state, strict=True)
     return cascaded, streaming
@@ -61,11 +51,11 @@ def features(seed: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def test_config_validates_and_streaming_models_keep_their_tensor_names() -> None:
-    with pytest.raises(ConfigError, match="cascade_weight must be above 0"):
-        conformer_transducer(**TINY, cascade_layers=1, cascade_weight=0.0)
-    with pytest.raises(ConfigError, match="cascade_layers must be an integer >= 0"):
-        conformer_transducer(**TINY, cascade_layers=-1)
     cascaded, streaming = pair()
+    with pytest.raises(ConfigError, match="cascade_weight must be above 0"):
+        dataclasses.replace(streaming.config, cascade_layers=1, cascade_weight=0.0)
+    with pytest.raises(ConfigError, match="cascade_layers must be an integer >= 0"):
+        conformer_transducer(input_dim=80, num_symbols=V, cascade_layers=-1)
     old = {k: v for k, v in streaming.config.to_dict().items() if not k.startswith("cascade")}
     assert ConformerTransducerConfig.from_dict(old) == streaming.config  # files written before the cascade
     names = set(streaming.state_dict())
@@ -155,9 +145,7 @@ def test_adapters_reach_both_passes_and_files_round_trip(tmp_path) -> None:
 
 def test_streams_show_first_pass_partials_and_end_with_the_second_pass(tmp_path, capsys) -> None:
     tokenizer = train_tokenizer(["watu wote wamezaliwa huru", "alle menschen sind frei"] * 4, vocab_size=30)
-    torch.manual_seed(0)
-    sizes = {**TINY, "num_symbols": tokenizer.num_symbols}
-    model = conformer_transducer(**sizes, cascade_layers=1).eval().requires_grad_(False)
+    model = pair(tokenizer.num_symbols)[0].requires_grad_(False)
     save_transducer(model, tokenizer, tmp_path / "model", languages=["sw", "de"])
     am = AdaptedModel(model)
     am.add_adapter("sw", language_adapter_config(8))
