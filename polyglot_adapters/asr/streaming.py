@@ -255,8 +255,8 @@ class Recognizer:
                     on_partial(i, text)
                 if self.model.cascaded and lengths[i] > 0:
                     encoded[i].append(encodings[i, : enc_lengths[i]])
-            ended = [i for i in range(b) if done[i] and i not in finals]
-            if self.model.cascaded and ended:
+            ended = [i for i in range(b) if done[i] and i not in finals] if self.model.cascaded else []
+            if ended:
                 clock = time.perf_counter()
                 texts = self._second_pass([encoded[i] for i in ended], [languages[i] for i in ended])
                 elapsed = time.perf_counter() - clock

@@ -215,14 +215,10 @@ def transducer_loss(
     # The host's parts are called one by one (adapters live inside them) to keep the encodings for CTC.
     encodings, enc_lengths = host.transcribe(features, batch["lengths"])  # (B, T', D)
     predictions, pred_lengths, _ = host.predict(predictor_input, target_lengths + 1, None)  # (B, U + 1, P)
-    logits, logit_lengths, _ = host.join(encodings, enc_lengths, predictions, pred_lengths)  # (B, T', U + 1, V)
-    loss = torchaudio.functional.rnnt_loss(
-        logits.float(), targets.int(), logit_lengths.int(), target_lengths.int(), blank=host.blank, reduction="mean"
-    )
-    if host.cascaded:
-        second, _ = host.second_pass(encodings, enc_lengths)  # (B, T', D)
-        logits, logit_lengths, _ = host.join(second, enc_lengths, predictions, pred_lengths)
-        second_loss = torchaudio.functional.rnnt_loss(
+
+    def rnnt(source: torch.Tensor) -> torch.Tensor:
+        logits, logit_lengths, _ = host.join(source, enc_lengths, predictions, pred_lengths)  # (B, T', U + 1, V)
+        return torchaudio.functional.rnnt_loss(
             logits.float(),
             targets.int(),
             logit_lengths.int(),
@@ -230,7 +226,11 @@ def transducer_loss(
             blank=host.blank,
             reduction="mean",
         )
-        loss = (1 - host.config.cascade_weight) * loss + host.config.cascade_weight * second_loss
+
+    loss = rnnt(encodings)
+    if host.cascaded:
+        second = host.second_pass(encodings, enc_lengths)[0]  # (B, T', D)
+        loss = (1 - host.config.cascade_weight) * loss + host.config.cascade_weight * rnnt(second)
     weight = host.config.ctc_weight
     if not ctc or host.ctc_output is None or weight == 0:
         return loss
@@ -308,8 +308,11 @@ def evaluate(
             part = list(examples[start : start + batch_size])
             batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
             losses.append(float(transducer_loss(model, batch, augment=False, routes=routes, ctc=False)) * len(part))
-            for first_pass in (False, True) if host.cascaded else (False,):
-                tokens = transcribe_features(model, batch["features"], batch["lengths"], first_pass=first_pass)
+            # Encode once; a cascade's second pass starts from the same first-pass encodings.
+            first, enc_lengths = host.transcriber(batch["features"], batch["lengths"])  # (B, T', D)
+            passes = {False: host.second_pass(first, enc_lengths)[0], True: first} if host.cascaded else {False: first}
+            for first_pass, encodings in passes.items():
+                tokens = greedy_search(host, encodings, enc_lengths).tokens
                 hypotheses[first_pass] += [tokenizer.decode(h) for h in tokens]
     references = [e.text for e in examples]
     out = {"loss": sum(losses) / len(examples), **error_rates(references, hypotheses[False])}
