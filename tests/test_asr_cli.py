@@ -11,6 +11,7 @@ from polyglot_adapters.asr import (
     SAMPLE_RATE,
     AudioError,
     LogMel,
+    beam_search,
     conformer_transducer_tiny,
     espeak_available,
     greedy_search,
@@ -73,6 +74,26 @@ def test_concurrent_streams_equal_offline_decoding_with_their_adapters(model_dir
         recognizer.stream(waves, languages, chunk_ms=100)
     with pytest.raises(AudioError, match="stream 1: .*NaN"):
         recognizer.stream([waves[0], torch.full((8000,), float("nan"))], ["sw", "sw"])
+
+
+def test_beam_transcripts_search_each_waveform_with_its_own_adapter(model_dir, tmp_path, capsys) -> None:
+    recognizer = Recognizer.load(model_dir / "model", {"sw": model_dir / "sw"})
+    waves = [chirp(1.3, 200), chirp(0.7, 500), chirp(1.0, 300)]
+    languages = ["sw", "de", "sw"]
+    texts = recognizer.transcribe(waves, languages, beam_width=3)
+    for wave, language, text in zip(waves, languages, texts, strict=True):
+        features, lengths = LogMel().batch([wave])
+        recognizer.am.set_active("sw" if language == "sw" else None)
+        alone = beam_search(recognizer.model, features[0], int(lengths[0]), beam_width=3)
+        assert text == recognizer.tokenizer.decode(alone)
+    assert texts[0] != recognizer.transcribe([waves[0]], ["de"], beam_width=3)[0]  # the adapter matters
+    with pytest.raises(ValueError, match="beam_width must be at least 1"):
+        recognizer.transcribe(waves, languages, beam_width=0)
+    a = write_audio(tmp_path / "a.wav", waves[0])
+    args = ["--model", str(model_dir / "model"), "--adapter", f"sw={model_dir / 'sw'}"]
+    assert main(["asr", "transcribe", f"{a}:sw", *args, "--beam-width", "3"]) == 0
+    assert capsys.readouterr().out == f"{a}: {texts[0]}\n"
+    assert main(["asr", "transcribe", f"{a}:sw", *args, "--beam-width", "0"]) != 0
 
 
 def test_cli_stream_transcribe_and_bad_input(model_dir, tmp_path, capsys) -> None:

@@ -11,6 +11,7 @@ from polyglot_adapters.asr import (
     ConformerTransducerConfig,
     SpeechExample,
     beam_search,
+    beam_search_encodings,
     collate_speech,
     conformer_transducer,
     conformer_transducer_small,
@@ -166,6 +167,19 @@ def test_beam_search_runs_without_grad_and_returns_symbols() -> None:
     x, lengths = features(4, [24])
     tokens = beam_search(model, x[0], 24, beam_width=3)
     assert tokens and all(0 <= t < V - 1 for t in tokens)
+
+
+def test_beam_search_of_a_padded_batch_searches_each_row_over_its_valid_frames() -> None:
+    model = tiny()
+    x, lengths = features(6, [40, 24])
+    x[1, 24:] = 1e3  # padding content must not reach the search
+    with torch.no_grad():
+        enc, enc_lengths = model.encode(x, lengths)  # (2, T', D)
+    rows = beam_search_encodings(model, enc, enc_lengths, beam_width=3)
+    assert rows == [beam_search(model, x[i], int(n), beam_width=3) for i, n in enumerate(lengths)]
+    assert rows[1] == beam_search(model, x[1, :24], 24, beam_width=3)
+    with pytest.raises(ValueError, match="beam_width must be at least 1"):
+        beam_search_encodings(model, enc, enc_lengths, beam_width=0)
 
 
 def _memorisation_set() -> list[SpeechExample]:

@@ -6,17 +6,27 @@ import json
 
 import pytest
 import torch
+from conftest import randomize
 
-from polyglot_adapters.asr import SpeechExample, load_transducer, pseudo_label, train_tokenizer, transducer_loss
+from polyglot_adapters.asr import (
+    SpeechExample,
+    beam_search,
+    conformer_transducer_tiny,
+    load_transducer,
+    pseudo_label,
+    train_tokenizer,
+    transducer_loss,
+)
 from polyglot_adapters.asr.recipe import (
     SpeechData,
     evaluate_languages,
     fine_tune_language,
+    language_adapter_config,
     train_base,
     train_language_adapter,
     train_language_adapters,
 )
-from polyglot_adapters.asr.training import collate_speech, transcribe_features
+from polyglot_adapters.asr.training import collate_speech, error_rates, evaluate, transcribe_features
 from polyglot_adapters.cli.main import main
 from polyglot_adapters.errors import ConfigError
 from polyglot_adapters.model import AdaptedModel
@@ -80,6 +90,29 @@ def test_pseudo_labels_are_the_teachers_hypotheses() -> None:
     assert torch.isfinite(loss)
 
 
+def test_beam_evaluation_searches_each_row_with_its_languages_adapter() -> None:
+    data = corpus()
+    torch.manual_seed(0)
+    am = AdaptedModel(conformer_transducer_tiny(num_symbols=data.tokenizer.num_symbols).eval())
+    for seed, language in enumerate(data.languages):
+        am.add_adapter(language, language_adapter_config(8, predictor=True))
+        randomize(am.model, seed=seed, std=0.3)
+    examples = data.select("test")
+    routes = dict(enumerate(data.languages))
+    routed = evaluate(am, examples, data.tokenizer, routes=routes, beam_width=3)
+    hypotheses = []
+    for example in examples:
+        am.set_active(routes[example.language])
+        tokens = beam_search(am.model, example.features, example.features.shape[0], beam_width=3)
+        hypotheses.append(data.tokenizer.decode(tokens))
+    assert routed == {
+        "loss": evaluate(am, examples, data.tokenizer, routes=routes)["loss"],
+        **error_rates([e.text for e in examples], hypotheses),
+    }
+    with pytest.raises(ValueError, match="beam_width must be at least 1"):
+        evaluate(am, examples, data.tokenizer, beam_width=0)
+
+
 def test_recipe_steps_end_to_end(tmp_path) -> None:
     data = corpus()
     quick = TrainConfig(steps=3, batch_size=2, eval_every=3, save_every=3, best_metric="valid_loss")
@@ -112,6 +145,18 @@ def test_recipe_steps_end_to_end(tmp_path) -> None:
     from_bundle = evaluate_languages(tmp_path / "base" / "model", data, bundle=tmp_path / "bundle")
     assert from_bundle["sw"] == table["sw"] and "lda_wer" not in from_bundle["de"]
     assert main(["asr", "bundle", "--lda", "sw", "--out", str(tmp_path / "b2")]) != 0
+
+    data.save(tmp_path / "features")
+    command = ["asr", "evaluate", "--model", str(tmp_path / "base" / "model"), "--data", str(tmp_path / "features")]
+    command += ["--bundle", str(tmp_path / "bundle"), "--out", str(tmp_path / "e.json")]
+    assert main([*command, "--beam-width", "2"]) == 0
+    saved = SpeechData.load(tmp_path / "features")  # packs quantise features to 8 bits
+    beam = evaluate_languages(tmp_path / "base" / "model", saved, bundle=tmp_path / "bundle", beam_width=2)
+    assert json.loads((tmp_path / "e.json").read_text()) == beam
+    greedy = evaluate_languages(tmp_path / "base" / "model", saved, bundle=tmp_path / "bundle")
+    assert {k: v for k, v in beam["sw"].items() if "loss" in k} == {
+        k: v for k, v in greedy["sw"].items() if "loss" in k
+    }
 
 
 def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:

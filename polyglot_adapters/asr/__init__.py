@@ -12,6 +12,7 @@ from .data import ESPEAK_VOICES, Utterance, build_speech_corpus, espeak_availabl
 from .decoding import (
     DecoderState,
     beam_search,
+    beam_search_encodings,
     greedy_search,
     init_decoder_state,
     stack_decoder_states,
@@ -61,6 +62,7 @@ __all__ = [
     "StreamingLogMel",
     "Utterance",
     "beam_search",
+    "beam_search_encodings",
     "build_speech_corpus",
     "check_waveform",
     "collate_speech",

@@ -2,8 +2,8 @@
 
 Greedy search keeps, per stream, the symbols so far, the predictor's last output and its LSTM
 state; :func:`stack_decoder_states` / :func:`unstack_decoder_states` batch them like the
-encoder's. Beam search is torchaudio's ``RNNTBeamSearch`` (one stream at a time); a cascaded
-model's second pass is searched through a thin view that presents it as the encoder.
+encoder's. Beam search is torchaudio's ``RNNTBeamSearch`` (one utterance at a time) over encodings computed
+beforehand, through a thin view that presents them as the encoder's output.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .model import ConformerTransducer, State, stack_states, unstack_states
 __all__ = [
     "DecoderState",
     "beam_search",
+    "beam_search_encodings",
     "greedy_search",
     "init_decoder_state",
     "stack_decoder_states",
@@ -121,15 +122,19 @@ def unstack_decoder_states(state: DecoderState) -> list[DecoderState]:
     ]
 
 
-class _SecondPassView(nn.Module):
-    """A cascaded transducer whose ``transcribe`` runs both encoders (what ``RNNTBeamSearch`` calls)."""
+class _EncodedView(nn.Module):
+    """A transducer whose ``transcribe`` passes its input through.
+
+    ``RNNTBeamSearch`` encodes before it searches; through this view it searches encodings
+    computed beforehand (either pass of a cascaded model, under any adapter composition).
+    """
 
     def __init__(self, model: ConformerTransducer) -> None:
         super().__init__()
         self.model = model
 
     def transcribe(self, sources: torch.Tensor, source_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode(sources, source_lengths)
+        return sources, source_lengths
 
     def predict(
         self, targets: torch.Tensor, target_lengths: torch.Tensor, state: State | None
@@ -144,6 +149,34 @@ class _SecondPassView(nn.Module):
         target_lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model.join(source_encodings, source_lengths, target_encodings, target_lengths)
+
+
+@torch.no_grad()
+def beam_search_encodings(
+    model: ConformerTransducer, encodings: torch.Tensor, lengths: torch.Tensor, *, beam_width: int = 4
+) -> list[list[int]]:
+    """The best hypothesis of torchaudio's ``RNNTBeamSearch`` for each row of encoder output.
+
+    Rows are searched one at a time over their valid frames only. Adapters in the prediction
+    network see a batch of hypotheses, not of utterances: activate one adapter (not a ``Route``).
+
+    Args:
+        model: The transducer.
+        encodings: Encoder output ``(B, T, D)`` (:meth:`ConformerTransducer.encode`).
+        lengths: Valid frames per row ``(B,)``.
+        beam_width: Beam size.
+
+    Returns:
+        Per row, the symbols (blank-free) of the best hypothesis (torchaudio's length-normalised score).
+    """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
+    search = RNNTBeamSearch(_EncodedView(model), model.blank)
+    out = []
+    for row, length in zip(encodings, lengths.tolist(), strict=True):
+        hypotheses = search(row[None, :length], torch.tensor([length], device=row.device), beam_width)
+        out.append([s for s in hypotheses[0][0] if s != model.blank])
+    return out
 
 
 @torch.no_grad()
@@ -162,7 +195,6 @@ def beam_search(
     Returns:
         The symbols (blank-free) of the best hypothesis.
     """
-    view = _SecondPassView(model) if model.cascaded and not first_pass else model
-    search = RNNTBeamSearch(view, model.blank)
-    hypotheses = search(features[None], torch.tensor([length], device=features.device), beam_width)
-    return [s for s in hypotheses[0][0] if s != model.blank]
+    lengths = torch.tensor([length], device=features.device)
+    encodings, enc_lengths = model.encode(features[None], lengths, first_pass=first_pass)  # (1, T', D)
+    return beam_search_encodings(model, encodings, enc_lengths, beam_width=beam_width)[0]

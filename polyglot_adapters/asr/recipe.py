@@ -661,10 +661,12 @@ def evaluate_languages(
     bundle: str | os.PathLike[str] | None = None,
     split: str = "test",
     device: str = "cpu",
+    beam_width: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Per-language loss/WER/CER of the base, and with the language's adapter where one is given.
 
-    Adapters come from ``adapters`` (language to adapter directory) and/or a ``bundle``.
+    Adapters come from ``adapters`` (language to adapter directory) and/or a ``bundle``;
+    ``beam_width`` > 1 decodes with beam search instead of greedily.
     """
     model, tokenizer, _ = load_transducer(model_dir)
     am = AdaptedModel(model.requires_grad_(False).to(device))
@@ -679,8 +681,9 @@ def evaluate_languages(
         if not examples:
             continue
         am.set_active(None)
-        out[language] = {f"base_{k}": v for k, v in evaluate(am, examples, tokenizer).items()}
+        out[language] = {f"base_{k}": v for k, v in evaluate(am, examples, tokenizer, beam_width=beam_width).items()}
         if language in adapted:
             am.set_active(language)
-            out[language].update({f"lda_{k}": v for k, v in evaluate(am, examples, tokenizer).items()})
+            metrics = evaluate(am, examples, tokenizer, beam_width=beam_width)
+            out[language].update({f"lda_{k}": v for k, v in metrics.items()})
     return out

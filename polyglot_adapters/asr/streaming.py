@@ -22,7 +22,7 @@ from ..composition import Route
 from ..merging import load_bundle
 from ..model import AdaptedModel
 from .audio import SAMPLE_RATE, check_waveform
-from .decoding import greedy_search
+from .decoding import beam_search_encodings, greedy_search
 from .features import HOP, WINDOW, LogMel, StreamingLogMel
 from .model import ConformerTransducer
 from .recipe import language_adapter_config
@@ -165,18 +165,35 @@ class Recognizer:
 
     @torch.no_grad()
     def transcribe(
-        self, waveforms: Sequence[torch.Tensor], languages: Sequence[str], *, first_pass: bool = False
+        self,
+        waveforms: Sequence[torch.Tensor],
+        languages: Sequence[str],
+        *,
+        first_pass: bool = False,
+        beam_width: int = 1,
     ) -> list[str]:
-        """Offline (whole-utterance) greedy transcripts of 16 kHz waveforms, one language each.
+        """Offline (whole-utterance) transcripts of 16 kHz waveforms, one language each.
 
-        A cascaded model decodes its second pass unless ``first_pass`` is set.
+        A cascaded model decodes its second pass unless ``first_pass`` is set. ``beam_width`` 1
+        decodes greedily (all waveforms in one batch); more runs beam search per waveform.
         """
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be at least 1, got {beam_width}")
         for i, w in enumerate(waveforms):
             check_waveform(w, SAMPLE_RATE, source=f"waveform {i}")
-        self._route(languages)
+        names = self._route(languages)
         features, lengths = self.logmel.batch(list(waveforms))
-        encodings, enc_lengths = self.model.encode(features, lengths, first_pass=first_pass)
-        return [self.tokenizer.decode(t) for t in greedy_search(self.model, encodings, enc_lengths).tokens]
+        encodings, enc_lengths = self.model.encode(features, lengths, first_pass=first_pass)  # (B, T', D)
+        if beam_width == 1:
+            tokens = greedy_search(self.model, encodings, enc_lengths).tokens
+        else:
+            tokens = []
+            for i, name in enumerate(names):
+                self.am.set_active(name)  # the prediction network's batch is the beam, not the streams
+                tokens += beam_search_encodings(
+                    self.model, encodings[i : i + 1], enc_lengths[i : i + 1], beam_width=beam_width
+                )
+        return [self.tokenizer.decode(t) for t in tokens]
 
     def _second_pass(self, encoded: Sequence[list[torch.Tensor]], languages: Sequence[str]) -> list[str]:
         """Final transcripts of ended streams: their first-pass encodings re-encoded by the cascade."""

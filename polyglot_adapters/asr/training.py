@@ -29,7 +29,7 @@ from ..model import AdaptedModel
 from ..training import TrainConfig, TrainResult, eval_mode, train
 from .audio import read_audio
 from .data import Utterance
-from .decoding import greedy_search
+from .decoding import beam_search_encodings, greedy_search
 from .features import LogMel, spec_augment
 from .model import ConformerTransducer, ConformerTransducerConfig
 from .tokenizer import SpeechTokenizer, normalize_transcript
@@ -293,12 +293,24 @@ def evaluate(
     *,
     batch_size: int = 16,
     routes: dict[int, str] | None = None,
+    beam_width: int = 1,
 ) -> dict[str, float]:
-    """Loss, WER and CER (greedy, whole-utterance) on examples, in eval mode without gradients.
+    """Loss, WER and CER (whole-utterance decoding) on examples, in eval mode without gradients.
 
     A cascaded model's ``wer`` and ``cer`` are its second pass's; ``first_pass_wer`` and
     ``first_pass_cer`` are the streaming encoder's, on the same utterances.
+
+    Args:
+        model: A :class:`ConformerTransducer` or an ``AdaptedModel`` of one (its active
+            composition is used unless ``routes`` is given).
+        examples: The utterances.
+        tokenizer: The tokenizer.
+        batch_size: Utterances per batch.
+        routes: Language index to adapter name: each row goes through its language's adapter.
+        beam_width: 1 decodes greedily (batched); more runs torchaudio's beam search per utterance.
     """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
     host = _host(model)
     hypotheses: dict[bool, list[str]] = {False: [], True: []}
     losses = []
@@ -312,12 +324,34 @@ def evaluate(
             first, enc_lengths = host.transcriber(batch["features"], batch["lengths"])  # (B, T', D)
             passes = {False: host.second_pass(first, enc_lengths)[0], True: first} if host.cascaded else {False: first}
             for first_pass, encodings in passes.items():
-                tokens = greedy_search(host, encodings, enc_lengths).tokens
+                if beam_width == 1:
+                    tokens = greedy_search(host, encodings, enc_lengths).tokens
+                else:
+                    tokens = _beam_rows(model, encodings, enc_lengths, batch["language"], routes, beam_width)
                 hypotheses[first_pass] += [tokenizer.decode(h) for h in tokens]
     references = [e.text for e in examples]
     out = {"loss": sum(losses) / len(examples), **error_rates(references, hypotheses[False])}
     if host.cascaded:
         out.update({f"first_pass_{k}": v for k, v in error_rates(references, hypotheses[True]).items()})
+    return out
+
+
+def _beam_rows(
+    model: nn.Module,
+    encodings: torch.Tensor,
+    lengths: torch.Tensor,
+    languages: torch.Tensor,
+    routes: dict[int, str] | None,
+    beam_width: int,
+) -> list[list[int]]:
+    """Beam search row by row; with ``routes``, each row's prediction network runs its own adapter."""
+    host = _host(model)
+    if routes is None or not isinstance(model, AdaptedModel):
+        return beam_search_encodings(host, encodings, lengths, beam_width=beam_width)
+    out = []
+    for i, language in enumerate(languages.tolist()):
+        model.set_active(routes[language])
+        out += beam_search_encodings(host, encodings[i : i + 1], lengths[i : i + 1], beam_width=beam_width)
     return out
 
 

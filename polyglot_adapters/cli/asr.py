@@ -18,6 +18,13 @@ _DATA_OPTION = click.option(
     help="Feature directory written by `asr data` (tokenizer.model + <split>.safetensors).",
 )
 _DEVICE_OPTION = click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cuda.")
+_BEAM_OPTION = click.option(
+    "--beam-width",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="1: greedy search; more: beam search (torchaudio's RNNTBeamSearch), one utterance at a time.",
+)
 _PRECISION_OPTION = click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16"]),
@@ -318,6 +325,7 @@ def bundle_command(ldas: tuple[str, ...], out: Path) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="A bundle of adapters (`asr bundle`).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the table as JSON here.")
+@_BEAM_OPTION
 @_DEVICE_OPTION
 def evaluate_command(
     model_dir: Path,
@@ -326,13 +334,20 @@ def evaluate_command(
     bundle: Path | None,
     split: str,
     out: Path | None,
+    beam_width: int,
     device: str,
 ) -> None:
     """Per-language WER/CER of the base and, where an adapter is given, with it."""
     from ..asr.recipe import SpeechData, evaluate_languages
 
     table = evaluate_languages(
-        model_dir, SpeechData.load(data_dir), adapters=_adapters(adapters), bundle=bundle, split=split, device=device
+        model_dir,
+        SpeechData.load(data_dir),
+        adapters=_adapters(adapters),
+        bundle=bundle,
+        split=split,
+        device=device,
+        beam_width=beam_width,
     )
     for language, row in table.items():
         cells = "  ".join(f"{k} {v:.3f}" for k, v in sorted(row.items()))
@@ -458,6 +473,7 @@ def demo_command(
 @click.option("--adapter", "adapters", multiple=True, help="LANG=DIR, repeatable.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="A bundle of adapters (`asr bundle`).")
 @click.option("--resample", is_flag=True, help="Resample audio that is not 16 kHz instead of refusing it.")
+@_BEAM_OPTION
 def transcribe_command(
     audio: tuple[str, ...],
     model_dir: Path,
@@ -465,6 +481,7 @@ def transcribe_command(
     adapters: tuple[str, ...],
     bundle: Path | None,
     resample: bool,
+    beam_width: int,
 ) -> None:
     """Offline (whole-utterance) transcripts of AUDIO files (AUDIO or AUDIO:LANG)."""
     from ..asr import read_audio
@@ -473,5 +490,6 @@ def transcribe_command(
     streams = _parse_streams(audio, language)
     waves = [read_audio(path, resample=resample) for path, _ in streams]
     recognizer = Recognizer.load(model_dir, _adapters(adapters), bundle)
-    for (path, _), text in zip(streams, recognizer.transcribe(waves, [lang for _, lang in streams]), strict=True):
+    texts = recognizer.transcribe(waves, [lang for _, lang in streams], beam_width=beam_width)
+    for (path, _), text in zip(streams, texts, strict=True):
         click.echo(f"{path}: {text}")
