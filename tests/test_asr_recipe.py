@@ -76,8 +76,6 @@ def test_feature_packs_round_trip(tmp_path) -> None:
 def test_pseudo_labels_are_the_teachers_hypotheses() -> None:
     data = corpus()
     torch.manual_seed(0)
-    from polyglot_adapters.asr import conformer_transducer_tiny
-
     teacher = conformer_transducer_tiny(num_symbols=data.tokenizer.num_symbols).eval()
     unlabelled = data.select("unlabelled")
     labelled = pseudo_label(teacher, unlabelled, data.tokenizer)
@@ -85,6 +83,9 @@ def test_pseudo_labels_are_the_teachers_hypotheses() -> None:
     expected = [t for t in transcribe_features(teacher, batch["features"], batch["lengths"]) if t]
     assert [list(e.targets) for e in labelled] == expected and labelled
     assert all(e.text == data.tokenizer.decode(e.targets) for e in labelled)
+    searched = pseudo_label(teacher, unlabelled, data.tokenizer, beam_width=3)
+    expected = [beam_search(teacher, e.features, e.features.shape[0], beam_width=3) for e in unlabelled]
+    assert [list(e.targets) for e in searched] == [t for t in expected if t] and searched
     teacher.train()
     loss = transducer_loss(teacher, collate_speech(labelled, []))  # the student's loss, with SpecAugment
     assert torch.isfinite(loss)
@@ -122,9 +123,17 @@ def test_recipe_steps_end_to_end(tmp_path) -> None:
     assert meta["languages"] == ["de", "sw"] and tokenizer.num_symbols == model.config.num_symbols
 
     lda = train_language_adapter(
-        tmp_path / "base" / "model", data, "sw", tmp_path / "lda", config=quick, noisy_student=True, progress=False
+        tmp_path / "base" / "model",
+        data,
+        "sw",
+        tmp_path / "lda",
+        config=quick,
+        noisy_student=True,
+        teacher_beam_width=2,
+        progress=False,
     )
     assert 0 < lda["adapter_fraction"] < 0.05 and lda["pseudo_labelled_utterances"] <= 3
+    assert lda["teacher_beam_width"] == 2
     assert (tmp_path / "lda" / "student" / "best").is_dir()
     assert set(lda["test_before"]) == {"loss", "wer", "cer"}
     saved = json.loads((tmp_path / "lda" / "report.json").read_text())
@@ -168,11 +177,20 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
     base = tmp_path / "base" / "model"
     config = TrainConfig(steps=4, lr=5e-2, batch_size=4, eval_every=2, save_every=2, best_metric="valid_wer")
     report = train_language_adapters(
-        base, data, ["sw", "de"], tmp_path / "joint", predictor=True, config=config, noisy_student=True, progress=False
+        base,
+        data,
+        ["sw", "de"],
+        tmp_path / "joint",
+        predictor=True,
+        config=config,
+        noisy_student=True,
+        teacher_beam_width=2,
+        progress=False,
     )
     lines = [json.loads(line) for line in (tmp_path / "joint" / "run" / "selection.jsonl").read_text().splitlines()]
     assert report["evaluations"] == 4 and len(lines) == 8  # two evaluations per round, two rounds
     assert 0 <= report["pseudo_label_error_rates"]["cer"] and report["pseudo_labelled_utterances"] <= 6
+    assert report["teacher_beam_width"] == 2
     base_parameters = sum(p.numel() for p in load_transducer(base)[0].parameters())
     assert report["adapter_fraction"] == pytest.approx(report["adapter_parameters"] / base_parameters)
     for language in ("sw", "de"):
@@ -196,6 +214,8 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
         train_language_adapters(base, data, ["sw", "sw"], tmp_path / "x", config=config, progress=False)
     with pytest.raises(ConfigError, match="no labelled tail audio"):
         train_language_adapters(base, data, ["sw", "xx"], tmp_path / "x", config=config, progress=False)
+    with pytest.raises(ConfigError, match="needs the noisy-student round"):
+        train_language_adapters(base, data, ["sw"], tmp_path / "x", teacher_beam_width=4, progress=False)
     data.save(tmp_path / "features")
     command = [
         "asr",
@@ -209,6 +229,8 @@ def test_joint_adapters_keep_each_languages_best_checkpoint(tmp_path) -> None:
     ]
     assert main([*command, "--lang", "sw,de", "--full"]) != 0  # full fine-tuning is one language per run
     assert main([*command, "--lang", "sw", "--full", "--predictor-adapter"]) != 0
+    assert main([*command, "--lang", "sw", "--full", "--noisy-student"]) != 0
+    assert main([*command, "--lang", "sw", "--teacher-beam-width", "4"]) != 0  # no noisy-student round
     assert main([*command, "--lang", "sw,xx"]) != 0
     assert not (tmp_path / "y").exists()
 

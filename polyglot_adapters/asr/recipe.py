@@ -355,6 +355,13 @@ def _initialised(
     return model, str(meta.get("preset", "custom"))
 
 
+def _check_teacher(noisy_student: bool, teacher_beam_width: int) -> None:
+    if teacher_beam_width < 1:
+        raise ConfigError(f"teacher_beam_width must be at least 1, got {teacher_beam_width}")
+    if teacher_beam_width > 1 and not noisy_student:
+        raise ConfigError("a teacher beam width needs the noisy-student round (noisy_student=True)")
+
+
 def train_language_adapter(
     model_dir: str | os.PathLike[str],
     data: SpeechData,
@@ -365,6 +372,7 @@ def train_language_adapter(
     predictor: bool = False,
     config: TrainConfig | None = None,
     noisy_student: bool = False,
+    teacher_beam_width: int = 1,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -372,13 +380,14 @@ def train_language_adapter(
 
     With ``predictor``, the adapter also has a bottleneck on the prediction network's output
     (:func:`language_adapter_config`). With ``noisy_student``, a second round follows: the base
-    with the first round's adapter labels the language's ``unlabelled`` audio (:func:`pseudo_label`),
-    and the adapter trains on and from there on labelled plus pseudo-labelled audio with
-    SpecAugment (``out_dir/student``).
+    with the first round's adapter labels the language's ``unlabelled`` audio (:func:`pseudo_label`,
+    with beam search where ``teacher_beam_width`` > 1), and the adapter trains on and from there
+    on labelled plus pseudo-labelled audio with SpecAugment (``out_dir/student``).
 
     Writes ``out_dir/adapter`` (the best on that language's valid set by ``valid_loss``) and
     ``out_dir/report.json`` (test WER/CER without and with the adapter, adapter size).
     """
+    _check_teacher(noisy_student, teacher_beam_width)
     out = Path(out_dir)
     model, tokenizer, _ = load_transducer(model_dir)
     model.requires_grad_(False).to(device)
@@ -411,7 +420,7 @@ def train_language_adapter(
     result = fit(data.select("train_tail", language), out / "run")
     pseudo = []
     if noisy_student:
-        pseudo = pseudo_label(am, data.select("unlabelled", language), tokenizer)
+        pseudo = pseudo_label(am, data.select("unlabelled", language), tokenizer, beam_width=teacher_beam_width)
         result = fit(data.select("train_tail", language) + pseudo, out / "student")
     seconds = time.perf_counter() - clock
     am.save_adapter(language, out / "adapter")
@@ -422,6 +431,7 @@ def train_language_adapter(
         "device": device,
         "train_utterances": len(data.select("train_tail", language)),
         "pseudo_labelled_utterances": len(pseudo),
+        "teacher_beam_width": teacher_beam_width if noisy_student else None,
         "adapter_parameters": am.num_parameters(language),
         "adapter_fraction": am.num_parameters(language) / base_parameters,
         "train_seconds": seconds,
@@ -444,6 +454,7 @@ def train_language_adapters(
     predictor: bool = False,
     config: TrainConfig | None = None,
     noisy_student: bool = False,
+    teacher_beam_width: int = 1,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -457,8 +468,8 @@ def train_language_adapters(
     that language's valid WER was lowest (its valid loss breaks ties): the paper's per-language
     best-checkpoint merge. With ``predictor``, each adapter also adapts the prediction network's
     output (rows route there too). With ``noisy_student``, a second round trains on labelled plus
-    pseudo-labelled ``unlabelled`` audio (teacher: the base with the first round's bundle) and its
-    evaluations join the selection.
+    pseudo-labelled ``unlabelled`` audio (teacher: the base with the first round's bundle, decoding
+    with beam search where ``teacher_beam_width`` > 1) and its evaluations join the selection.
 
     Writes ``out_dir/report.json``: per language, test WER/CER of the base, of the bundle, of the
     last checkpoint and of the single evaluation best on the mean valid WER.
@@ -466,6 +477,7 @@ def train_language_adapters(
     Raises:
         ConfigError: An unknown or repeated language, or one without labelled audio.
     """
+    _check_teacher(noisy_student, teacher_beam_width)
     if not languages or len(set(languages)) != len(languages):
         raise ConfigError(f"give each language once, got {list(languages)}")
     for language in languages:
@@ -516,7 +528,7 @@ def train_language_adapters(
         merge_per_language(selection_log, out / "teacher", metric="score")
         teacher = _adapted(model_dir, device, bundle=out / "teacher")
         unlabelled = [e for language in languages for e in data.select("unlabelled", language)]
-        pseudo = pseudo_label(teacher, unlabelled, tokenizer, routes=routes)
+        pseudo = pseudo_label(teacher, unlabelled, tokenizer, routes=routes, beam_width=teacher_beam_width)
         # The synthetic corpus knows what the unlabelled audio says: score the teacher's labels.
         hypotheses = {id(e.features): e.text for e in pseudo}  # pseudo_label keeps each feature tensor
         pseudo_quality = error_rates(
@@ -553,6 +565,7 @@ def train_language_adapters(
         "train_utterances": len(labelled),
         "pseudo_labelled_utterances": len(pseudo),
         "pseudo_label_error_rates": pseudo_quality,
+        "teacher_beam_width": teacher_beam_width if noisy_student else None,
         "adapter_parameters": am.num_parameters(languages[0]),
         "adapter_fraction": am.num_parameters(languages[0]) / am.num_parameters(),
         "train_seconds": seconds,

@@ -362,8 +362,9 @@ def pseudo_label(
     *,
     batch_size: int = 16,
     routes: dict[int, str] | None = None,
+    beam_width: int = 1,
 ) -> list[SpeechExample]:
-    """Noisy-student labels: the teacher's greedy hypotheses (whole-utterance) become the targets.
+    """Noisy-student labels: the teacher's hypotheses (whole-utterance) become the targets.
 
     The teacher runs in eval mode without SpecAugment; the student then trains on these examples
     with SpecAugment (:func:`transducer_loss` in training mode). Utterances the teacher leaves
@@ -375,18 +376,25 @@ def pseudo_label(
         tokenizer: The tokenizer.
         batch_size: Utterances per decoding batch.
         routes: Language index to adapter name, as in :func:`transducer_loss`.
+        beam_width: 1 labels with greedy search; more with beam search, one utterance at a time.
     """
-    device = next(_host(teacher).parameters()).device
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
+    host = _host(teacher)
+    device = next(host.parameters()).device
     out = []
-    with eval_mode(teacher):
+    with eval_mode(teacher), torch.no_grad():
         for start in range(0, len(examples), batch_size):
             part = list(examples[start : start + batch_size])
             batch = {k: v.to(device) for k, v in collate_speech(part, []).items()}
             if routes is not None and isinstance(teacher, AdaptedModel):
                 teacher.set_active(Route(batch["language"], routes))
-            for example, tokens in zip(
-                part, transcribe_features(teacher, batch["features"], batch["lengths"]), strict=True
-            ):
+            encodings, lengths = host.encode(batch["features"], batch["lengths"])  # (B, T', D)
+            if beam_width == 1:
+                hypotheses = greedy_search(host, encodings, lengths).tokens
+            else:
+                hypotheses = _beam_rows(teacher, encodings, lengths, batch["language"], routes, beam_width)
+            for example, tokens in zip(part, hypotheses, strict=True):
                 if tokens:
                     out.append(dataclasses.replace(example, targets=tuple(tokens), text=tokenizer.decode(tokens)))
     return out

@@ -216,6 +216,13 @@ def train_base_command(
 )
 @click.option("--full", is_flag=True, help="Fine-tune the whole model instead (the baseline for the adapter).")
 @click.option("--noisy-student", is_flag=True, help="Then retrain on pseudo-labelled `unlabelled` audio too.")
+@click.option(
+    "--teacher-beam-width",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="The noisy-student teacher's search: 1 greedy, more beam search.",
+)
 @click.option("--steps", type=click.IntRange(1, 1_000_000), default=300, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -235,6 +242,7 @@ def train_lda_command(
     predictor_adapter: bool,
     full: bool,
     noisy_student: bool,
+    teacher_beam_width: int,
     steps: int,
     batch_size: int,
     lr: float,
@@ -269,6 +277,12 @@ def train_lda_command(
         raise click.BadParameter("--full fine-tunes one language per run; give one language", param_hint="--lang")
     if full and predictor_adapter:
         raise click.BadParameter("--full trains the whole model, no adapter", param_hint="--predictor-adapter")
+    if full and noisy_student:
+        raise click.BadParameter("--full has no noisy-student round", param_hint="--noisy-student")
+    if teacher_beam_width > 1 and not noisy_student:
+        raise click.BadParameter(
+            "needs --noisy-student (the teacher labels audio only in that round)", param_hint="--teacher-beam-width"
+        )
     config = recipe_config(
         lr=lr,
         batch_size=batch_size,
@@ -289,6 +303,7 @@ def train_lda_command(
             predictor=predictor_adapter,
             config=config,
             noisy_student=noisy_student,
+            teacher_beam_width=teacher_beam_width,
             device=device,
         )
     elif full:
@@ -303,6 +318,7 @@ def train_lda_command(
             predictor=predictor_adapter,
             config=config,
             noisy_student=noisy_student,
+            teacher_beam_width=teacher_beam_width,
             device=device,
         )
     click.echo(json.dumps(report, indent=2, sort_keys=True))
