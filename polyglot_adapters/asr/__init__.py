@@ -34,6 +34,7 @@ from .model import (
 from .tokenizer import SpeechTokenizer, normalize_transcript, train_tokenizer
 from .training import (
     SpeechExample,
+    beam_search_routed,
     collate_speech,
     error_rates,
     evaluate,
@@ -63,6 +64,7 @@ __all__ = [
     "Utterance",
     "beam_search",
     "beam_search_encodings",
+    "beam_search_routed",
     "build_speech_corpus",
     "check_waveform",
     "collate_speech",

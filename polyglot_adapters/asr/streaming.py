@@ -22,12 +22,12 @@ from ..composition import Route
 from ..merging import load_bundle
 from ..model import AdaptedModel
 from .audio import SAMPLE_RATE, check_waveform
-from .decoding import beam_search_encodings, greedy_search
+from .decoding import greedy_search
 from .features import HOP, WINDOW, LogMel, StreamingLogMel
 from .model import ConformerTransducer
 from .recipe import language_adapter_config
 from .tokenizer import SpeechTokenizer
-from .training import load_transducer
+from .training import beam_search_routed, load_transducer
 
 __all__ = ["BASE", "Recognizer", "StreamResult", "StreamTiming"]
 
@@ -187,12 +187,7 @@ class Recognizer:
         if beam_width == 1:
             tokens = greedy_search(self.model, encodings, enc_lengths).tokens
         else:
-            tokens = []
-            for i, name in enumerate(names):
-                self.am.set_active(name)  # the prediction network's batch is the beam, not the streams
-                tokens += beam_search_encodings(
-                    self.model, encodings[i : i + 1], enc_lengths[i : i + 1], beam_width=beam_width
-                )
+            tokens = beam_search_routed(self.am, encodings, enc_lengths, names, beam_width=beam_width)
         return [self.tokenizer.decode(t) for t in tokens]
 
     def _second_pass(self, encoded: Sequence[list[torch.Tensor]], languages: Sequence[str]) -> list[str]:

@@ -36,6 +36,7 @@ from .tokenizer import SpeechTokenizer, normalize_transcript
 
 __all__ = [
     "SpeechExample",
+    "beam_search_routed",
     "collate_speech",
     "edit_distance",
     "error_rates",
@@ -327,7 +328,9 @@ def evaluate(
                 if beam_width == 1:
                     tokens = greedy_search(host, encodings, enc_lengths).tokens
                 else:
-                    tokens = _beam_rows(model, encodings, enc_lengths, batch["language"], routes, beam_width)
+                    tokens = beam_search_routed(
+                        model, encodings, enc_lengths, _adapter_names(batch, routes), beam_width=beam_width
+                    )
                 hypotheses[first_pass] += [tokenizer.decode(h) for h in tokens]
     references = [e.text for e in examples]
     out = {"loss": sum(losses) / len(examples), **error_rates(references, hypotheses[False])}
@@ -336,21 +339,36 @@ def evaluate(
     return out
 
 
-def _beam_rows(
+def _adapter_names(batch: dict[str, torch.Tensor], routes: dict[int, str] | None) -> list[str] | None:
+    return None if routes is None else [routes[language] for language in batch["language"].tolist()]
+
+
+def beam_search_routed(
     model: nn.Module,
     encodings: torch.Tensor,
     lengths: torch.Tensor,
-    languages: torch.Tensor,
-    routes: dict[int, str] | None,
-    beam_width: int,
+    adapters: Sequence[str | None] | None = None,
+    *,
+    beam_width: int = 4,
 ) -> list[list[int]]:
-    """Beam search row by row; with ``routes``, each row's prediction network runs its own adapter."""
+    """Beam search on each row of encoder output, row ``i`` through adapter ``adapters[i]``.
+
+    Beam search batches a row's hypotheses, not the rows, so a routed batch is searched one row
+    at a time with that row's adapter active (``None``: the base) in the prediction network.
+
+    Args:
+        model: A :class:`ConformerTransducer` or an ``AdaptedModel`` of one.
+        encodings: Encoder output ``(B, T, D)``, already computed through each row's adapter.
+        lengths: Valid frames per row ``(B,)``.
+        adapters: Each row's adapter name; ``None`` keeps the active composition for all rows.
+        beam_width: Beam size.
+    """
     host = _host(model)
-    if routes is None or not isinstance(model, AdaptedModel):
+    if adapters is None or not isinstance(model, AdaptedModel):
         return beam_search_encodings(host, encodings, lengths, beam_width=beam_width)
     out = []
-    for i, language in enumerate(languages.tolist()):
-        model.set_active(routes[language])
+    for i, name in enumerate(adapters):
+        model.set_active(name)
         out += beam_search_encodings(host, encodings[i : i + 1], lengths[i : i + 1], beam_width=beam_width)
     return out
 
@@ -393,7 +411,9 @@ def pseudo_label(
             if beam_width == 1:
                 hypotheses = greedy_search(host, encodings, lengths).tokens
             else:
-                hypotheses = _beam_rows(teacher, encodings, lengths, batch["language"], routes, beam_width)
+                hypotheses = beam_search_routed(
+                    teacher, encodings, lengths, _adapter_names(batch, routes), beam_width=beam_width
+                )
             for example, tokens in zip(part, hypotheses, strict=True):
                 if tokens:
                     out.append(dataclasses.replace(example, targets=tuple(tokens), text=tokenizer.decode(tokens)))
