@@ -15,10 +15,11 @@
 #      adds a noisy-student round, PREDICTOR=1 a bottleneck on the prediction network's output too); each
 #      language keeps its best checkpoint -> OUT/lda/bundle;
 #   4. `asr train-lda --full --lang L` for each tail language: full fine-tuning, the adapters' baseline -> OUT/full/L;
-#   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json.
+#   5. `asr evaluate --bundle`: test WER/CER per language, base and base + adapter -> OUT/eval.json
+#      (greedy search; BEAM=K beam search, also for the noisy-student teacher).
 # Every training step batches utterances of similar duration and runs under bf16 autocast (PRECISION=fp32 to turn that off).
 # Logs go to OUT/logs/. Environment: PRESET (tiny, cpu, small), BASE_STEPS, LDA_STEPS, FULL_STEPS, TAIL, THREADS, NOISY,
-# PREDICTOR, PRECISION, CASCADE.
+# PREDICTOR, PRECISION, CASCADE, BEAM.
 set -euo pipefail
 OUT=${1:?output directory}
 DEVICE=${2:-cpu}
@@ -49,7 +50,8 @@ fi
 if [ ! -f "$OUT/lda/report.json" ]; then
     step "adapters for ${TAIL// /,} ($LDA_STEPS steps of 16${NOISY:+, then a noisy-student round})"
     $PA asr train-lda --model "$OUT/base/model" --data "$FEATURES" --lang "${TAIL// /,}" --out "$OUT/lda" \
-        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 ${NOISY:+--noisy-student} \
+        --steps "$LDA_STEPS" --batch-size 16 --lr 1e-2 --eval-every 50 \
+        ${NOISY:+--noisy-student ${BEAM:+--teacher-beam-width "$BEAM"}} \
         ${PREDICTOR:+--predictor-adapter} \
         --precision "$PRECISION" --device "$DEVICE" > "$OUT/logs/lda.log" 2>&1
 fi
@@ -63,5 +65,5 @@ for lang in $TAIL; do
 done
 step "evaluation"
 $PA asr evaluate --model "$OUT/base/model" --data "$FEATURES" --bundle "$OUT/lda/bundle" --out "$OUT/eval.json" \
-    --device "$DEVICE" | tee "$OUT/logs/eval.log"
+    ${BEAM:+--beam-width "$BEAM"} --device "$DEVICE" | tee "$OUT/logs/eval.log"
 step "done"
