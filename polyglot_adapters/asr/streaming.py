@@ -27,7 +27,7 @@ from .features import HOP, WINDOW, LogMel, StreamingLogMel
 from .model import ConformerTransducer
 from .recipe import language_adapter_config
 from .tokenizer import SpeechTokenizer
-from .training import beam_search_routed, load_transducer
+from .training import decode_encodings, load_transducer
 
 __all__ = ["BASE", "Recognizer", "StreamResult", "StreamTiming"]
 
@@ -177,17 +177,12 @@ class Recognizer:
         A cascaded model decodes its second pass unless ``first_pass`` is set. ``beam_width`` 1
         decodes greedily (all waveforms in one batch); more runs beam search per waveform.
         """
-        if beam_width < 1:
-            raise ValueError(f"beam_width must be at least 1, got {beam_width}")
         for i, w in enumerate(waveforms):
             check_waveform(w, SAMPLE_RATE, source=f"waveform {i}")
         names = self._route(languages)
         features, lengths = self.logmel.batch(list(waveforms))
         encodings, enc_lengths = self.model.encode(features, lengths, first_pass=first_pass)  # (B, T', D)
-        if beam_width == 1:
-            tokens = greedy_search(self.model, encodings, enc_lengths).tokens
-        else:
-            tokens = beam_search_routed(self.am, encodings, enc_lengths, names, beam_width=beam_width)
+        tokens = decode_encodings(self.am, encodings, enc_lengths, beam_width=beam_width, adapters=names)
         return [self.tokenizer.decode(t) for t in tokens]
 
     def _second_pass(self, encoded: Sequence[list[torch.Tensor]], languages: Sequence[str]) -> list[str]:

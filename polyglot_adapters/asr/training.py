@@ -36,8 +36,8 @@ from .tokenizer import SpeechTokenizer, normalize_transcript
 
 __all__ = [
     "SpeechExample",
-    "beam_search_routed",
     "collate_speech",
+    "decode_encodings",
     "edit_distance",
     "error_rates",
     "evaluate",
@@ -310,8 +310,6 @@ def evaluate(
         routes: Language index to adapter name: each row goes through its language's adapter.
         beam_width: 1 decodes greedily (batched); more runs torchaudio's beam search per utterance.
     """
-    if beam_width < 1:
-        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
     host = _host(model)
     hypotheses: dict[bool, list[str]] = {False: [], True: []}
     losses = []
@@ -325,12 +323,8 @@ def evaluate(
             first, enc_lengths = host.transcriber(batch["features"], batch["lengths"])  # (B, T', D)
             passes = {False: host.second_pass(first, enc_lengths)[0], True: first} if host.cascaded else {False: first}
             for first_pass, encodings in passes.items():
-                if beam_width == 1:
-                    tokens = greedy_search(host, encodings, enc_lengths).tokens
-                else:
-                    tokens = beam_search_routed(
-                        model, encodings, enc_lengths, _adapter_names(batch, routes), beam_width=beam_width
-                    )
+                names = _adapter_names(batch, routes)
+                tokens = decode_encodings(model, encodings, enc_lengths, beam_width=beam_width, adapters=names)
                 hypotheses[first_pass] += [tokenizer.decode(h) for h in tokens]
     references = [e.text for e in examples]
     out = {"loss": sum(losses) / len(examples), **error_rates(references, hypotheses[False])}
@@ -343,27 +337,35 @@ def _adapter_names(batch: dict[str, torch.Tensor], routes: dict[int, str] | None
     return None if routes is None else [routes[language] for language in batch["language"].tolist()]
 
 
-def beam_search_routed(
+def decode_encodings(
     model: nn.Module,
     encodings: torch.Tensor,
     lengths: torch.Tensor,
-    adapters: Sequence[str | None] | None = None,
     *,
-    beam_width: int = 4,
+    beam_width: int = 1,
+    adapters: Sequence[str | None] | None = None,
 ) -> list[list[int]]:
-    """Beam search on each row of encoder output, row ``i`` through adapter ``adapters[i]``.
+    """Hypotheses (piece ids) of a batch of encoder output: batched greedy search, or beam search.
 
-    Beam search batches a row's hypotheses, not the rows, so a routed batch is searched one row
-    at a time with that row's adapter active (``None``: the base) in the prediction network.
+    Greedy search decodes the whole batch under the active composition (a ``Route`` covers its
+    rows). Beam search batches one row's hypotheses, not the rows, so it searches row by row;
+    with ``adapters`` it first activates row ``i``'s adapter ``adapters[i]`` (``None``: the base).
 
     Args:
         model: A :class:`ConformerTransducer` or an ``AdaptedModel`` of one.
-        encodings: Encoder output ``(B, T, D)``, already computed through each row's adapter.
+        encodings: Encoder output ``(B, T, D)``, computed through each row's adapter.
         lengths: Valid frames per row ``(B,)``.
-        adapters: Each row's adapter name; ``None`` keeps the active composition for all rows.
-        beam_width: Beam size.
+        beam_width: 1 for greedy search; more for torchaudio's beam search.
+        adapters: Each row's adapter name for beam search; ``None`` keeps the active composition.
+
+    Raises:
+        ValueError: If ``beam_width`` is below 1.
     """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
     host = _host(model)
+    if beam_width == 1:
+        return greedy_search(host, encodings, lengths).tokens
     if adapters is None or not isinstance(model, AdaptedModel):
         return beam_search_encodings(host, encodings, lengths, beam_width=beam_width)
     out = []
@@ -396,8 +398,6 @@ def pseudo_label(
         routes: Language index to adapter name, as in :func:`transducer_loss`.
         beam_width: 1 labels with greedy search; more with beam search, one utterance at a time.
     """
-    if beam_width < 1:
-        raise ValueError(f"beam_width must be at least 1, got {beam_width}")
     host = _host(teacher)
     device = next(host.parameters()).device
     out = []
@@ -408,12 +408,8 @@ def pseudo_label(
             if routes is not None and isinstance(teacher, AdaptedModel):
                 teacher.set_active(Route(batch["language"], routes))
             encodings, lengths = host.encode(batch["features"], batch["lengths"])  # (B, T', D)
-            if beam_width == 1:
-                hypotheses = greedy_search(host, encodings, lengths).tokens
-            else:
-                hypotheses = beam_search_routed(
-                    teacher, encodings, lengths, _adapter_names(batch, routes), beam_width=beam_width
-                )
+            names = _adapter_names(batch, routes)
+            hypotheses = decode_encodings(teacher, encodings, lengths, beam_width=beam_width, adapters=names)
             for example, tokens in zip(part, hypotheses, strict=True):
                 if tokens:
                     out.append(dataclasses.replace(example, targets=tuple(tokens), text=tokenizer.decode(tokens)))

@@ -277,12 +277,8 @@ def train_lda_command(
         raise click.BadParameter("--full fine-tunes one language per run; give one language", param_hint="--lang")
     if full and predictor_adapter:
         raise click.BadParameter("--full trains the whole model, no adapter", param_hint="--predictor-adapter")
-    if full and noisy_student:
-        raise click.BadParameter("--full has no noisy-student round", param_hint="--noisy-student")
-    if teacher_beam_width > 1 and not noisy_student:
-        raise click.BadParameter(
-            "needs --noisy-student (the teacher labels audio only in that round)", param_hint="--teacher-beam-width"
-        )
+    if full and (noisy_student or teacher_beam_width > 1):
+        raise click.BadParameter("--full has no noisy-student round (no teacher)", param_hint="--noisy-student")
     config = recipe_config(
         lr=lr,
         batch_size=batch_size,
